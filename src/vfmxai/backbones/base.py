@@ -1,0 +1,135 @@
+"""`Backbone`: a ViT image encoder that takes pixels in [0, 1] and returns every block's hidden state.
+
+Every model in vfmxai takes images as float tensors (B, 3, H, W) in [0, 1]; the backbone applies its
+own mean/std normalisation. So "black" is 0 for every backbone, and attributions are with respect
+to the pixels a person sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Where the parts of one transformers model family live."""
+
+    family: str
+    blocks_path: str
+    """Attribute path from the vision model to its ModuleList of blocks."""
+    attention_name: str
+    """Name of the self-attention submodule inside a block."""
+    final_norm_path: str | None
+    """Norm applied to the pooled token (CLIP's post_layernorm), or None."""
+    num_prefix_tokens: int
+    """Tokens before the patch tokens (CLIP, ViT, DINOv2: 1 class token; SigLIP: 0)."""
+
+
+FAMILIES = {
+    "clip": FamilySpec("clip", "encoder.layers", "self_attn", "post_layernorm", 1),
+    "siglip": FamilySpec("siglip", "encoder.layers", "self_attn", "post_layernorm", 0),
+    "dinov2": FamilySpec("dinov2", "encoder.layer", "attention", "layernorm", 1),
+    "vit": FamilySpec("vit", "encoder.layer", "attention", "layernorm", 1),
+}
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+class Backbone(nn.Module):
+    """A ViT encoder: `hidden_states(x)` -> [h^(0), ..., h^(k)], each (B, prefix + N, D).
+
+    h^(0) is the input to block 1 (for CLIP: the embeddings after `pre_layrnorm`), h^(i) the output
+    of block i (DESIGN §3). Position embeddings are interpolated when `image_size` differs from the
+    size the weights were trained at.
+    """
+
+    def __init__(self, vision_model: nn.Module, family: str, image_size: int, mean, std, name: str):
+        super().__init__()
+        self.model = vision_model
+        self.spec = FAMILIES[family]
+        self.name = name
+        cfg = vision_model.config
+        self.patch_size = int(cfg.patch_size)
+        self.hidden_size = int(cfg.hidden_size)
+        self.num_heads = int(cfg.num_attention_heads)
+        self.native_image_size = int(cfg.image_size)
+        self.image_size = int(image_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return _get(self.model, self.spec.blocks_path)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.spec.num_prefix_tokens
+
+    def attention(self, block_index: int) -> nn.Module:
+        return getattr(self.blocks[block_index], self.spec.attention_name)
+
+    def grid(self, image_size: int | None = None) -> int:
+        """Patch tokens per side for a square input."""
+        return (image_size or self.image_size) // self.patch_size
+
+    def normalize(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std
+
+    def forward(self, images: Tensor, output_attentions: bool = False):
+        """The underlying transformers output, with every hidden state."""
+        kwargs = {}
+        if images.shape[-1] != self.native_image_size or images.shape[-2] != self.native_image_size:
+            kwargs["interpolate_pos_encoding"] = True
+        return self.model(
+            pixel_values=self.normalize(images),
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+
+    def hidden_states(self, images: Tensor) -> list[Tensor]:
+        return list(self(images).hidden_states)
+
+    def patch_grid(self, tokens: Tensor) -> Tensor:
+        """(B, prefix + g*g, D) -> (B, D, g, g)."""
+        patches = tokens[:, self.num_prefix_tokens :]
+        b, n, d = patches.shape
+        g = int(round(n**0.5))
+        return patches.transpose(1, 2).reshape(b, d, g, g)
+
+    def pooled(self, last_hidden: Tensor) -> Tensor:
+        """The image embedding a linear probe reads: the normed class token (mean patch token for SigLIP)."""
+        token = last_hidden[:, 0] if self.num_prefix_tokens else last_hidden.mean(dim=1)
+        if self.spec.final_norm_path is None:
+            return token
+        return _get(self.model, self.spec.final_norm_path)(token)
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Run attention in eager mode inside the block, so attention probabilities exist and carry gradient.
+
+        SDPA (the transformers default) returns no attention weights; methods that read them
+        (rollout, transformer attribution, DAAM, LRP) switch here and back.
+        """
+        configs = [m.config for m in self.model.modules() if hasattr(m, "config")]
+        previous = [c._attn_implementation for c in configs]
+        for c in configs:
+            c._attn_implementation = "eager"
+        try:
+            yield
+        finally:
+            for c, impl in zip(configs, previous, strict=True):
+                c._attn_implementation = impl

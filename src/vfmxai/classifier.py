@@ -1,0 +1,36 @@
+"""`Classifier`: what every explainer and metric takes — a backbone plus a head, pixels in, logits out.
+
+Images are float tensors (B, 3, H, W) in [0, 1]; the backbone normalises them itself. The trained
+ALA model is a `Classifier`; `LinearProbe` is the other one (a backbone with a linear head on its
+pooled token), for explaining a foundation model without training an adapter.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from vfmxai.backbones import Backbone
+
+
+class Classifier(nn.Module):
+    """Base of every model that vfmxai explains: `forward(images) -> logits (B, C)`."""
+
+    backbone: Backbone
+    num_classes: int
+
+    def forward(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class LinearProbe(Classifier):
+    """logits = W · pooled(h^(k)) + b, where pooled is the backbone's normed class token."""
+
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.head = nn.Linear(backbone.hidden_size, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        last = self.backbone(images).hidden_states[-1]
+        return self.head(self.backbone.pooled(last))

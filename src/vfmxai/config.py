@@ -1,0 +1,201 @@
+"""Run configuration: dataclasses, the paper's presets, JSON load/save and `key=value` overrides.
+
+A run is fully described by one `RunConfig`; `vfmxai train` writes it, resolved, as `config.json`
+into the run folder, and every later command (explain, evaluate, resume) reads it back from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vfmxai.errors import VfmxaiError
+
+
+@dataclass
+class BackboneConfig:
+    """Which ViT encoder, at which input size, with LoRA where.
+
+    `name`: `tiny` (random, for tests), `default` (the small CLIP-architecture ViT shipped in the
+    package, pretrained by `scripts/pretrain_default_backbone.py`), `clip-vit-b16` (the CLIP ViT-B/16
+    architecture, random init, for shape tests and benchmarks), a Hugging Face id (loaded from the
+    local cache only) or a local directory holding `config.json` + weights.
+    """
+
+    name: str = "default"
+    image_size: int = 64
+    lora: bool = True
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_blocks: list[int] | None = None
+    """0-based block indices that get LoRA; None = every block."""
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+
+
+@dataclass
+class ALAConfig:
+    """The Attention Lattice Adapter and perception branch (DESIGN §3; paper Table 1 names in brackets)."""
+
+    num_classes: int = 0
+    """Filled in from the dataset when training starts."""
+    patch_size: int = 8
+    """#P: the ALA former's own patch size."""
+    dim: int = 64
+    """#d: width of the ALA transformer layers."""
+    depth: int = 4
+    """#L: number of ALA transformer layers."""
+    heads: int = 4
+    """#A: attention heads per ALA layer."""
+    mlp_ratio: float = 2.0
+    n_inject: int = 4
+    """VFM states are added before ALA layers 1..n_inject."""
+    inject_layers: str = "first"
+    """`first`: h^(0)..h^(n_inject-1), the paper's text; `spread`: evenly spaced from h^(0) to h^(k-1);
+    or explicit comma-separated indices into h^(0)..h^(k), e.g. `0,4,8,11`."""
+    lattice: bool = True
+    """False = the 'no lattice' ablation: the ALA former gets only the last VFM state h^(k), injected once."""
+    map_channels: int = 64
+    """C_a: channels of the feature map F shared by f1 (map) and f2 (ALA classifier)."""
+    pb_channels: int = 128
+    """Channels of the perception branch's conv."""
+    lambda_ala: float = 1.0
+    """λ in L = CE(p_PB, y) + λ·CE(p_ALA, y)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    patience: int = 5
+    """Early stopping on validation loss; 0 switches it off."""
+    aea: bool = True
+    """Alternating Epoch Architect; False = the 'no AEA' ablation (map on and ALA trained every epoch)."""
+    flip: bool = True
+    crop_scale: float = 0.85
+    """Random crop keeps this fraction of each side (then resized back); 1.0 switches cropping off."""
+    seed: int = 0
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    """`auto`: bf16 autocast on GPU, fp32 on CPU."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str | None = None
+    seed: int = 0
+    """Seed of the synthetic generator and of dataset splits made by the project (CUB train/val)."""
+    n_train: int = 600
+    n_val: int = 120
+    n_test: int = 120
+    synth_size: int = 64
+    """Side of the synthetic images in pixels."""
+
+
+@dataclass
+class RunConfig:
+    preset: str = "toy"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ALAConfig = field(default_factory=ALAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _from_dict(cls, data, "config")
+
+    def save(self, path: str | Path) -> None:
+        from vfmxai.io import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise VfmxaiError(f"{path}: config not found") from None
+        except json.JSONDecodeError as err:
+            raise VfmxaiError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        return _from_dict(cls, data, str(path))
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise VfmxaiError(f"{where}: expected an object for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise VfmxaiError(f"{where}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        kwargs[name] = _from_dict(hint, value, f"{where}.{name}") if dataclasses.is_dataclass(hint) else value
+    return cls(**kwargs)
+
+
+PRESETS = ("toy", "cub", "imagenet_s")
+
+
+def preset(name: str) -> RunConfig:
+    """The paper's Table 1 settings (`cub`, `imagenet_s`) or the CPU demo's (`toy`)."""
+    if name == "toy":
+        return RunConfig(preset="toy")
+    if name == "cub":
+        return RunConfig(
+            preset="cub",
+            backbone=BackboneConfig(name="openai/clip-vit-base-patch16", image_size=384),
+            model=ALAConfig(patch_size=16, dim=64, depth=8, heads=4, map_channels=128, pb_channels=256),
+            train=TrainConfig(epochs=120, batch_size=8, lr=5e-5, weight_decay=1e-4, patience=5),
+            data=DataConfig(dataset="cub"),
+        )
+    if name == "imagenet_s":
+        return RunConfig(
+            preset="imagenet_s",
+            backbone=BackboneConfig(name="openai/clip-vit-base-patch16", image_size=384),
+            model=ALAConfig(patch_size=16, dim=240, depth=8, heads=6, map_channels=256, pb_channels=512),
+            train=TrainConfig(epochs=20, batch_size=64, lr=5e-5, weight_decay=1e-4, patience=5),
+            data=DataConfig(dataset="imagenet-s"),
+        )
+    raise VfmxaiError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.field=value` strings (values parsed as JSON, else taken as text)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise VfmxaiError(f"--set {item}: expected key=value")
+        *path, leaf = key.strip().split(".")
+        target: Any = config
+        for part in path:
+            if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+                raise VfmxaiError(f"--set {item}: unknown section '{part}'")
+            target = getattr(target, part)
+        if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
+            raise VfmxaiError(f"--set {item}: unknown field '{key}'")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        setattr(target, leaf, value)
+    return config

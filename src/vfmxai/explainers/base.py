@@ -1,0 +1,106 @@
+"""The one interface every explanation method fills in.
+
+`Explainer(classifier, **options)(images, targets) -> maps (B, H, W)` in [0, 1] at the input size.
+A method subclasses `Explainer` and fills in one hook, `attribute(images, targets) -> raw (B, h, w)`
+at any resolution; the base validates the input, picks the predicted class when `targets` is None,
+rejects non-finite maps, upsamples bilinearly and min-max normalises per image. Forward/backward
+hooks are registered through `self.hook(...)` and released by `close()` / leaving the `with` block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from vfmxai.classifier import Classifier
+from vfmxai.errors import VfmxaiError
+from vfmxai.maps import normalize_maps, resize_maps
+
+_REGISTRY: dict[str, type[Explainer]] = {}
+
+
+def register(name: str) -> Callable[[type[Explainer]], type[Explainer]]:
+    def add(cls: type[Explainer]) -> type[Explainer]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str, classifier: Classifier, **options: Any) -> Explainer:
+    """The explainer registered as `name`, bound to `classifier`."""
+    if name not in _REGISTRY:
+        raise VfmxaiError(f"unknown method '{name}' (available: {', '.join(available())})")
+    return _REGISTRY[name](classifier, **options)
+
+
+class Explainer:
+    name: str = "base"
+
+    def __init__(self, classifier: Classifier):
+        self.classifier = classifier
+        self._handles: list[RemovableHandle] = []
+
+    def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
+        """Raw relevance (B, h, w) of each image for its target class; larger = more important."""
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        images = self._check_images(images)
+        targets = self._targets(images, targets)
+        raw = self.attribute(images, targets).detach().float()
+        bad = ~torch.isfinite(raw.flatten(1)).all(dim=1)
+        if bad.any():
+            raise VfmxaiError(
+                f"method '{self.name}' produced a NaN or infinite map for image(s) {bad.nonzero().flatten().tolist()}"
+            )
+        return normalize_maps(resize_maps(raw, tuple(images.shape[-2:])))
+
+    def _check_images(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise VfmxaiError(f"method '{self.name}': images must be a (B, 3, H, W) tensor, got {shape}")
+        return images.float()
+
+    def _targets(self, images: Tensor, targets: Tensor | None) -> Tensor:
+        if targets is None:
+            with torch.no_grad():
+                return self.classifier(images).argmax(dim=1)
+        targets = torch.as_tensor(targets, device=images.device).long().flatten()
+        n = self.classifier.num_classes
+        if targets.numel() != images.shape[0]:
+            raise VfmxaiError(f"method '{self.name}': {targets.numel()} targets for {images.shape[0]} images")
+        if ((targets < 0) | (targets >= n)).any():
+            raise VfmxaiError(f"method '{self.name}': target out of range for {n} classes: {targets.tolist()}")
+        return targets
+
+    def hook(self, module: nn.Module, kind: str, fn: Callable) -> RemovableHandle:
+        """Register a `forward`, `forward_pre` or `full_backward` hook that `close()` removes."""
+        register_fn = {
+            "forward": module.register_forward_hook,
+            "forward_pre": module.register_forward_pre_hook,
+            "full_backward": module.register_full_backward_hook,
+        }[kind]
+        handle = register_fn(fn)
+        self._handles.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
