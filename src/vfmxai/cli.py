@@ -1,8 +1,142 @@
-"""The `vfmxai` command: argument parsing only; every command calls the API."""
+"""The `vfmxai` command: argument parsing only; every command calls the API.
 
+Exit status: 0 on success, 1 on a user error (one line on stderr saying what), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
 import sys
+from pathlib import Path
+
+from vfmxai.errors import VfmxaiError
+
+DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
+
+
+def _methods(value: str) -> list[str]:
+    return [m.strip() for m in value.split(",") if m.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vfmxai", description="Explain what ViT foundation models look at.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="synthetic set -> train ALA on the shipped backbone -> explain -> report")
+    demo.add_argument("--out", default="demo_out", type=Path)
+    demo.add_argument("--seed", default=0, type=int)
+
+    data = sub.add_parser("data", help="write, describe or check a dataset")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="write the synthetic set in the folder format")
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--seed", default=0, type=int)
+    synth.add_argument("--size", default=64, type=int)
+    synth.add_argument("--n-train", default=600, type=int)
+    synth.add_argument("--n-val", default=120, type=int)
+    synth.add_argument("--n-test", default=120, type=int)
+    synth.add_argument("--task", default="demo", choices=("demo", "pretrain"))
+    for name in ("info", "check"):
+        cmd = data_sub.add_parser(name, help="split sizes and classes as JSON" if name == "info" else "every problem")
+        cmd.add_argument("--dataset", required=True, choices=DATASETS)
+        cmd.add_argument("--root", type=Path)
+
+    train = sub.add_parser("train", help="train ALA + AEA + LoRA")
+    train.add_argument("--dataset", required=True, choices=DATASETS)
+    train.add_argument("--root", type=Path)
+    train.add_argument("--preset", default="toy")
+    train.add_argument("--out", required=True, type=Path)
+    train.add_argument("--backbone", help="backbone preset, Hugging Face id (local cache) or directory")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("--devices", help="Lightning devices (e.g. 1, 8, auto)")
+    train.add_argument("--num-nodes", type=int)
+    train.add_argument("--no-progress", action="store_true")
+
+    explain = sub.add_parser("explain", help="overlays and raw maps for images or folders")
+    explain.add_argument("--checkpoint", required=True, type=Path)
+    explain.add_argument("--method", required=True, type=_methods)
+    explain.add_argument("--out", required=True, type=Path)
+    explain.add_argument("--batch-size", default=8, type=int)
+    explain.add_argument("--device", default="cpu")
+    explain.add_argument("inputs", nargs="+")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from vfmxai.demo import run_demo
+
+        run_demo(args.out, seed=args.seed)
+        return 0
+    if args.command == "data":
+        return _data(args)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "explain":
+        from vfmxai.explain import explain_files
+
+        predictions = explain_files(args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device)
+        print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from vfmxai import data
+
+    if args.data_command == "synth":
+        data.write_synthetic(args.out, args.n_train, args.n_val, args.n_test, args.size, args.seed, args.task)
+        print(f"wrote the synthetic set ({args.task}, seed {args.seed}) to {args.out}")
+        return 0
+    if args.dataset != "synthetic" and args.root is None:
+        raise VfmxaiError(f"--root is required for --dataset {args.dataset}")
+    if args.data_command == "info":
+        print(json.dumps(data.dataset_info(args.dataset, args.root), indent=2, sort_keys=True))
+        return 0
+    problems = data.check_dataset(args.dataset, args.root)
+    for line in problems:
+        print(line)
+    print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vfmxai.config import apply_overrides, preset
+    from vfmxai.training import train
+
+    config = preset(args.preset)
+    config.data.dataset = args.dataset
+    config.data.root = str(args.root) if args.root else None
+    if args.dataset != "synthetic" and args.root is None:
+        raise VfmxaiError(f"--root is required for --dataset {args.dataset}")
+    if args.backbone:
+        config.backbone.name = args.backbone
+    if args.seed is not None:
+        config.train.seed = config.data.seed = args.seed
+    if args.devices:
+        config.train.devices = args.devices
+    if args.num_nodes:
+        config.train.num_nodes = args.num_nodes
+    apply_overrides(config, args.overrides)
+    train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"trained; run folder: {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("vfmxai: not built yet", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except VfmxaiError as err:
+        print(f"vfmxai: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vfmxai: interrupted; finished work is saved (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

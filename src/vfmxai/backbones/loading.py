@@ -24,6 +24,7 @@ from transformers import (
     SiglipVisionModel,
     ViTModel,
 )
+from transformers.utils import logging as transformers_logging
 
 from vfmxai.backbones.base import Backbone
 from vfmxai.errors import VfmxaiError
@@ -114,6 +115,7 @@ def _from_directory(path: Path, image_size: int | None, name: str) -> Backbone:
         )
     family, model_cls, mean, std = _MODEL_TYPES[model_type]
     mean, std = _preprocessing(path, mean, std)
+    transformers_logging.disable_progress_bar()
     try:
         model = model_cls.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
     except OSError as err:

@@ -1,5 +1,9 @@
-"""Every explanation method behind one interface: `get(name, classifier, **options)(images, targets)`."""
+"""Every explanation method behind one interface: `get(name, classifier, **options)(images, targets)`.
 
+Importing this package registers every method (each module registers its classes on import).
+"""
+
+from vfmxai.explainers import ala  # noqa: F401
 from vfmxai.explainers.base import Explainer, available, get, register
 
 __all__ = ["Explainer", "available", "get", "register"]

@@ -1,0 +1,175 @@
+"""The Attention Lattice Adapter model (Hirano et al., ICONIP 2025, arXiv 2509.14664), as DESIGN §3 reads it.
+
+    images ─► backbone (LoRA) ─► h^(0) .. h^(k)
+    images ─► ALA former: own patch embed + position embedding; before layer i (i = 1..n_inject) a
+              linear projection of one VFM state's patch tokens is added ─► F = f1 conv(tokens)
+    alpha = sigmoid(1x1 conv(F))                              (f1, the map)
+    p_ALA = FC(GAP(conv(F)))                                   (f2, the ALA classifier)
+    h_ALA = alpha (map on) | ones (AEA's even epochs)
+    p_PB  = FC(GAP(conv(h_ALA ⊙ h^(k) patch grid)))            (perception branch; the prediction)
+
+One backbone pass gives every state the adapter and the perception branch need, so the explanation
+(alpha upsampled to the image) costs no extra pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vfmxai.backbones import Backbone
+from vfmxai.classifier import Classifier
+from vfmxai.config import ALAConfig
+from vfmxai.errors import VfmxaiError
+
+
+@dataclass
+class ALAOutput:
+    logits: Tensor
+    """p_PB logits (B, C): the model's prediction."""
+    logits_ala: Tensor
+    """p_ALA logits (B, C): the adapter's own classifier, used only in the loss."""
+    alpha: Tensor
+    """The attention map (B, G, G) in [0, 1] on the ALA grid."""
+
+
+def inject_indices(config: ALAConfig, num_blocks: int) -> list[int]:
+    """Which VFM states h^(j), j in 0..k, are added before ALA layers 1, 2, ... (DESIGN §3)."""
+    if not config.lattice:
+        return [num_blocks]
+    n = config.n_inject
+    if n < 1 or n > config.depth:
+        raise VfmxaiError(f"model.n_inject={n}: must be between 1 and model.depth={config.depth}")
+    if config.inject_layers == "first":
+        indices = list(range(n))
+    elif config.inject_layers == "spread":
+        indices = torch.linspace(0, num_blocks - 1, n).round().long().tolist()
+    else:
+        try:
+            indices = [int(part) for part in str(config.inject_layers).split(",")]
+        except ValueError:
+            raise VfmxaiError(
+                f"model.inject_layers='{config.inject_layers}': use first, spread or indices like 0,4,8,11"
+            ) from None
+    if len(indices) > config.depth or any(not 0 <= i <= num_blocks for i in indices):
+        raise VfmxaiError(
+            f"model.inject_layers={indices}: need at most {config.depth} indices in 0..{num_blocks}"
+        )
+    return indices
+
+
+class ConvHead(nn.Module):
+    """conv3x3 → GELU → global average pooling → FC: the shape of f2 and of the perception branch."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, grid: Tensor) -> Tensor:
+        return self.fc(F.gelu(self.conv(grid)).mean(dim=(2, 3)))
+
+
+class ALAFormer(nn.Module):
+    """Own patch embedding + #L pre-norm transformer layers with VFM states injected before the first ones."""
+
+    def __init__(self, config: ALAConfig, image_size: int, vfm_width: int, n_injected: int):
+        super().__init__()
+        if image_size % config.patch_size:
+            raise VfmxaiError(
+                f"model.patch_size={config.patch_size} does not divide backbone.image_size={image_size}"
+            )
+        self.grid = image_size // config.patch_size
+        self.patch_embed = nn.Conv2d(3, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.position = nn.Parameter(torch.zeros(1, self.grid * self.grid, config.dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.inject = nn.ModuleList(nn.Linear(vfm_width, config.dim) for _ in range(n_injected))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                config.dim,
+                config.heads,
+                int(config.dim * config.mlp_ratio),
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(config.dim)
+
+    def forward(self, images: Tensor, states: list[Tensor]) -> Tensor:
+        """images (B,3,H,W) normalised; states: VFM patch grids (B, D, g, g) -> ALA grid (B, d, G, G)."""
+        tokens = self.patch_embed(images).flatten(2).transpose(1, 2) + self.position
+        for i, layer in enumerate(self.layers):
+            if i < len(states):
+                state = states[i]
+                if state.shape[-1] != self.grid:
+                    state = F.interpolate(state, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+                tokens = tokens + self.inject[i](state.flatten(2).transpose(1, 2))
+            tokens = layer(tokens)
+        tokens = self.norm(tokens)
+        b, n, d = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, d, self.grid, self.grid)
+
+
+class ALAModel(Classifier):
+    """Backbone + Attention Lattice Adapter + perception branch. `forward` gives p_PB logits."""
+
+    def __init__(self, backbone: Backbone, config: ALAConfig):
+        super().__init__()
+        if config.num_classes < 2:
+            raise VfmxaiError(f"model.num_classes={config.num_classes}: need at least 2 classes")
+        self.backbone = backbone
+        self.config = config
+        self.num_classes = config.num_classes
+        self.inject_from = inject_indices(config, backbone.num_blocks)
+        self.former = ALAFormer(config, backbone.image_size, backbone.hidden_size, len(self.inject_from))
+        self.map_features = nn.Sequential(
+            nn.Conv2d(config.dim, config.map_channels, kernel_size=3, padding=1), nn.GELU()
+        )
+        self.map_out = nn.Conv2d(config.map_channels, 1, kernel_size=1)
+        self.ala_head = ConvHead(config.map_channels, config.map_channels, config.num_classes)
+        self.perception = ConvHead(backbone.hidden_size, config.pb_channels, config.num_classes)
+        self.use_map = True
+        """AEA's switch: False replaces the map by all-ones before the perception branch."""
+
+    def adapter_modules(self) -> list[nn.Module]:
+        """Every ALA part (former, f1, f2): what AEA freezes in even epochs."""
+        return [self.former, self.map_features, self.map_out, self.ala_head]
+
+    def forward_all(self, images: Tensor) -> ALAOutput:
+        states = self.backbone.hidden_states(images)
+        injected = [self.backbone.patch_grid(states[j]) for j in self.inject_from]
+        features = self.map_features(self.former(self.backbone.normalize(images), injected))
+        alpha = torch.sigmoid(self.map_out(features))
+        last = self.backbone.patch_grid(states[-1])
+        gate = alpha if self.use_map else torch.ones_like(alpha)
+        if gate.shape[-1] != last.shape[-1]:
+            gate = F.interpolate(gate, size=last.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.perception(last * gate)
+        return ALAOutput(logits=logits, logits_ala=self.ala_head(features), alpha=alpha.squeeze(1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_all(images).logits
+
+    def explain(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(maps (B, H, W): alpha upsampled bilinearly to the input, logits (B, C)) from one forward."""
+        out = self.forward_all(images)
+        maps = F.interpolate(out.alpha.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return maps.squeeze(1), out.logits
+
+    def loss(self, out: ALAOutput, labels: Tensor) -> Tensor:
+        """L = CE(p_PB, y) + λ·CE(p_ALA, y) (paper Eq. 4)."""
+        return F.cross_entropy(out.logits, labels) + self.config.lambda_ala * F.cross_entropy(out.logits_ala, labels)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """ALA, perception branch and LoRA weights: everything a checkpoint holds (never the frozen backbone)."""
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if not k.startswith("backbone.") or "lora_" in k
+        }

@@ -1,0 +1,130 @@
+"""Datasets (synthetic, folder, CUB-200-2011, ImageNet-S) behind one sample format (see `base`).
+
+`get_dataset` builds one split; `dataset_info` reports split sizes and classes; `check_dataset` lists
+every problem of a dataset on disk in one pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from vfmxai.data.base import SPLITS, Sample, collate
+from vfmxai.data.cub import CUBDataset, check_cub, cub_info
+from vfmxai.data.folder import FolderDataset, check_folder, folder_info
+from vfmxai.data.imagenet_s import ImageNetSDataset, check_imagenet_s, imagenet_s_info
+from vfmxai.data.images import load_image, load_mask
+from vfmxai.data.synthetic import SyntheticDataset, class_names, write_synthetic
+from vfmxai.data.transforms import augment, resize_image, resize_mask
+from vfmxai.errors import VfmxaiError
+
+DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
+
+SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 600, "n_val": 120, "n_test": 120, "size": 64, "task": "demo"}
+"""Options of the synthetic dataset (`synthetic_opts`), with their defaults."""
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise VfmxaiError(f"dataset {name!r} unknown; choose one of {', '.join(DATASETS)}")
+
+
+def _root(name: str, root: str | Path | None) -> Path:
+    if root is None:
+        raise VfmxaiError(f"dataset {name!r} needs a root folder (--root)")
+    path = Path(root)
+    if not path.is_dir():
+        raise VfmxaiError(f"{path}: dataset folder not found")
+    return path
+
+
+def _synthetic_opts(opts: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(opts) - set(SYNTHETIC_DEFAULTS))
+    if unknown:
+        known = ", ".join(SYNTHETIC_DEFAULTS)
+        raise VfmxaiError(f"synthetic dataset: unknown option(s) {', '.join(unknown)}; known: {known}")
+    return {**SYNTHETIC_DEFAULTS, **opts}
+
+
+def get_dataset(
+    name: str,
+    root: str | Path | None,
+    split: str,
+    image_size: int,
+    seed: int = 0,
+    **synthetic_opts: Any,
+) -> Dataset:
+    """One split of a dataset, samples at `image_size` px.
+
+    `seed`: the synthetic generator's seed, and the seed of the CUB train/val split.
+    `synthetic_opts` (n_train, n_val, n_test, size, task) apply to `synthetic` and are ignored by the
+    others, so a caller can pass its configuration unchanged. `root` is not used by `synthetic`.
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise VfmxaiError(f"split {split!r} unknown; choose one of {', '.join(SPLITS)}")
+    if name == "synthetic":
+        o = _synthetic_opts(synthetic_opts)
+        return SyntheticDataset(split, o[f"n_{split}"], o["size"], seed, o["task"], image_size=image_size)
+    path = _root(name, root)
+    if name == "folder":
+        return FolderDataset(path, split, image_size)
+    if name == "cub":
+        return CUBDataset(path, split, image_size, seed=seed)
+    return ImageNetSDataset(path, split, image_size)
+
+
+def dataset_info(name: str, root: str | Path | None = None, seed: int = 0, **synthetic_opts: Any) -> dict[str, Any]:
+    """{"dataset", "root", "splits": {train, val, test: count}, "num_classes", "class_names"}."""
+    _check_name(name)
+    if name == "synthetic":
+        o = _synthetic_opts(synthetic_opts)
+        names = class_names(o["task"])
+        return {"dataset": name, "root": None, "task": o["task"], "size": o["size"], "seed": seed,
+                "splits": {s: o[f"n_{s}"] for s in SPLITS}, "num_classes": len(names), "class_names": names}
+    path = _root(name, root)
+    if name == "folder":
+        return folder_info(path)
+    if name == "cub":
+        return cub_info(path, seed=seed)
+    return imagenet_s_info(path)
+
+
+def check_dataset(name: str, root: str | Path | None = None) -> list[str]:
+    """Every problem found in one pass, one line each naming the file (and row) and what is wrong.
+
+    Decodes every image and mask (ImageNet-S: every masked image; its 1.2 M train images are only listed).
+    The synthetic dataset has nothing on disk to check: [].
+    """
+    _check_name(name)
+    if name == "synthetic":
+        return []
+    path = _root(name, root)
+    if name == "folder":
+        return check_folder(path)
+    if name == "cub":
+        return check_cub(path)
+    return check_imagenet_s(path)
+
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "CUBDataset",
+    "FolderDataset",
+    "ImageNetSDataset",
+    "Sample",
+    "SyntheticDataset",
+    "augment",
+    "check_dataset",
+    "collate",
+    "dataset_info",
+    "get_dataset",
+    "load_image",
+    "load_mask",
+    "resize_image",
+    "resize_mask",
+    "write_synthetic",
+]

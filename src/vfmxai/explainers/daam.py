@@ -1,0 +1,122 @@
+"""DAAM, the Dynamic Accumulated Attention Map (Liao et al., arXiv 2503.14640).
+
+Decomposition, per block b: the class token's attention output is a sum over tokens j of per-token
+contributions, o_cls[c] = Σ_j A_h(c)[cls, j] · V[j, c] (h(c) = the head that owns channel c), so
+F_b[j, c] = A_h(c)[cls, j] · V[j, c] is a spatial feature map per channel. Channel importance w_b[c] is
+the gradient of a score at the class token's out-projection input (the authors' `attn.proj` input).
+Per-block map M_b[j] = ReLU(Σ_c w_b[c] · F_b[j, c]) over the patch tokens; the accumulated map at
+block b is Σ_{i ≤ b} M_i (the authors' default, without per-block normalisation).
+
+Modes (option `mode`):
+- "supervised" (default): score = the target logit; w = ReLU(∂y_t/∂o_cls), as the authors' code.
+- "self_supervised": for a backbone with no classifier head. Score = Σ_d ω_d f_d, f = the backbone's
+  pooled embedding (`Backbone.pooled` of the last state; CLIP: the normed class token), with the
+  dimension-wise importance weights ω (paper §3.3) held constant: ω = minmax(f̂ ⊙ p / |Σ_d f̂_d p_d|),
+  f̂ = f/‖f‖. The authors take p as the mean of the normalised embeddings of the image's k nearest
+  training neighbours of its predicted class (a kNN memory bank); option `prototype` (D,) or (B, D)
+  supplies such a p, and without one p = f̂ (the image's own embedding: ω ∝ f̂², the dimensions that
+  carry its self-similarity). w = ∂score/∂o_cls, not rectified (as the authors' self-supervised code).
+  Targets are ignored. `get("daam", backbone, mode="self_supervised")` accepts a bare `Backbone`: it is
+  wrapped in `EmbeddingScore`, a one-output `Classifier` whose logit is the score above.
+
+Needs a class token (`num_prefix_tokens` ≥ 1; SigLIP has none). Extra public method `explain_blocks`
+returns every block's map and the accumulation, raw, for the per-block figure.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vfmxai.backbones import Backbone
+from vfmxai.classifier import Classifier
+from vfmxai.errors import VfmxaiError
+from vfmxai.explainers.attention import forward_recorded, target_score, token_map
+from vfmxai.explainers.base import Explainer, register
+
+MODES = ("supervised", "self_supervised")
+
+
+class EmbeddingScore(Classifier):
+    """A bare backbone as a one-output `Classifier`: logit = Σ_d ω_d f_d (ω constant; see module docstring)."""
+
+    def __init__(self, backbone: Backbone, prototype: Tensor | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = 1
+        self.prototype = prototype
+
+    def importance(self, embedding: Tensor) -> Tensor:
+        """Dimension-wise importance weights ω (B, D) of embeddings f (B, D), min-max normalised per image."""
+        unit = F.normalize(embedding.detach().float(), dim=-1)
+        proto = unit if self.prototype is None else self.prototype.to(unit).expand_as(unit)
+        product = unit * proto
+        weights = product / product.sum(dim=-1, keepdim=True).abs().clamp_min(1e-12)
+        low = weights.amin(dim=-1, keepdim=True)
+        span = weights.amax(dim=-1, keepdim=True) - low
+        return torch.where(span > 0, (weights - low) / span.clamp_min(1e-12), torch.ones_like(weights))
+
+    def forward(self, images: Tensor) -> Tensor:
+        embedding = self.backbone.pooled(self.backbone(images).hidden_states[-1])
+        return (self.importance(embedding).to(embedding.dtype) * embedding).sum(dim=-1, keepdim=True)
+
+
+@register("daam")
+class DAAM(Explainer):
+    """Dynamic Accumulated Attention Map. Options: `mode` (supervised|self_supervised), `prototype`.
+
+    `attribute` returns the map accumulated over all blocks (patch grid).
+    """
+
+    def __init__(
+        self, classifier: Classifier | Backbone, mode: str = "supervised", prototype: Tensor | None = None
+    ):
+        if mode not in MODES:
+            raise VfmxaiError(f"method 'daam': option mode must be one of {'|'.join(MODES)}, got {mode!r}")
+        if isinstance(classifier, Backbone):
+            if mode != "self_supervised":
+                raise VfmxaiError("method 'daam': a bare backbone (no classifier head) needs mode='self_supervised'")
+        elif prototype is not None and mode != "self_supervised":
+            raise VfmxaiError("method 'daam': option prototype applies to mode='self_supervised' only")
+        backbone = classifier if isinstance(classifier, Backbone) else classifier.backbone
+        if backbone.num_prefix_tokens < 1:
+            raise VfmxaiError(f"method 'daam': backbone '{backbone.name}' has no class token to decompose")
+        if prototype is not None and (not isinstance(prototype, Tensor) or prototype.shape[-1] != backbone.hidden_size):
+            raise VfmxaiError(f"method 'daam': option prototype must be a tensor (D,) or (B, D) with D = {backbone.hidden_size}")
+        if mode == "self_supervised":
+            classifier = EmbeddingScore(backbone, prototype)
+        super().__init__(classifier)
+        self.mode = mode
+
+    def _targets(self, images: Tensor, targets: Tensor | None) -> Tensor:
+        """Self-supervised mode ignores targets: the one output of `EmbeddingScore`."""
+        if self.mode == "self_supervised":
+            return torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+        return super()._targets(images, targets)
+
+    def explain_blocks(self, images: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(per_block (B, k, h, w), accumulated (B, k, h, w)) on the patch grid, raw (before display scaling);
+        accumulated[:, b] = Σ_{i ≤ b} per_block[:, i]."""
+        images = self._check_images(images)
+        targets = self._targets(images, targets)
+        backbone = self.classifier.backbone
+        with torch.enable_grad():
+            images = images.detach().requires_grad_(True)
+            logits, records = forward_recorded(self.classifier, images, self.name)
+            contexts = [r.context for r in records]
+            grads = torch.autograd.grad(target_score(logits, targets), contexts, allow_unused=True)
+        maps = []
+        for record, grad in zip(records, grads, strict=True):
+            cls_attention = record.weights.detach()[:, :, 0, :].float()  # (B, heads, T)
+            features = cls_attention.unsqueeze(-1) * record.value.detach().float()  # (B, heads, T, head_dim)
+            features = features.transpose(1, 2).flatten(2)  # (B, T, D), channel = head * head_dim + d
+            weight = torch.zeros_like(features[:, 0]) if grad is None else grad[:, 0].flatten(1).float()
+            if self.mode == "supervised":
+                weight = weight.clamp_min(0)
+            maps.append(token_map((features * weight.unsqueeze(1)).sum(-1).clamp_min(0), images, backbone))
+        per_block = torch.stack(maps, dim=1)
+        return per_block, per_block.cumsum(dim=1)
+
+    def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
+        return self.explain_blocks(images, targets)[1][:, -1]

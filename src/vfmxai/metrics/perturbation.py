@@ -1,0 +1,230 @@
+"""Insertion and deletion (DESIGN §4, the ALA paper's definition after RISE).
+
+For each image x with map alpha, pixels are ranked by alpha descending; ties are broken by the pixel's
+raster index (stable sort), so a constant map inserts/deletes in raster order. For k = 0..steps,
+n_k = round(k * H * W / steps) (half up, in exact integer arithmetic), and
+  insertion image: x on the top-n_k pixels, the substrate elsewhere,
+  deletion image:  the substrate on the top-n_k pixels, x elsewhere.
+The curve is the softmax probability of the target class at each k (both endpoints), and the score is
+the trapezoid area with the x-axis k / steps in [0, 1]. The map is only resized (bilinear) to the image:
+min-max normalisation is monotone and would change no rank.
+
+Every perturbed image is made on the images' device from the rank map and run through the model in
+chunks of `batch_size`; the Python loop is over chunks only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vfmxai.errors import VfmxaiError
+from vfmxai.maps import resize_maps
+
+SUBSTRATES = ("black", "blur", "mean")
+TARGET_MODES = ("given", "predicted")
+
+
+@dataclass(frozen=True)
+class InsDelResult:
+    """Scores (B,) and curves (B, steps + 1) of one batch; `targets` are the classes that were scored."""
+
+    insertion: Tensor
+    deletion: Tensor
+    insertion_curve: Tensor
+    deletion_curve: Tensor
+    targets: Tensor
+
+    @property
+    def id_score(self) -> Tensor:
+        return id_score(self.insertion, self.deletion)
+
+
+def id_score(insertion: Tensor, deletion: Tensor) -> Tensor:
+    """ID score = insertion - deletion (the ALA paper's insertion-deletion score)."""
+    return insertion - deletion
+
+
+def auc(curve: Tensor) -> Tensor:
+    """Trapezoid area under curves (..., K + 1) sampled at x = 0, 1/K, ..., 1 -> (...)."""
+    if curve.shape[-1] < 2:
+        raise VfmxaiError(f"a curve needs at least 2 points for its area, got {curve.shape[-1]}")
+    return torch.trapezoid(curve, dx=1.0 / (curve.shape[-1] - 1), dim=-1)
+
+
+def step_counts(n_pixels: int, steps: int, device: torch.device | str | None = None) -> Tensor:
+    """n_k = round(k * n_pixels / steps) for k = 0..steps, half rounded up (int64, exact)."""
+    k = torch.arange(steps + 1, device=device, dtype=torch.int64)
+    return (2 * k * n_pixels + steps) // (2 * steps)
+
+
+def pixel_ranks(maps: Tensor) -> Tensor:
+    """Rank (B, H*W) of every pixel: 0 = the largest map value; ties in raster order."""
+    flat = maps.flatten(1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur (B, C, H, W), kernel radius ceil(3 sigma), replicated borders."""
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    out = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def make_substrate(
+    images: Tensor,
+    substrate: str = "black",
+    substrate_value: Sequence[float] | Tensor | None = None,
+    blur_sigma: float | None = None,
+) -> Tensor:
+    """What replaces removed pixels, (B, 3, H, W).
+
+    "black": zeros in pixel space (the paper's). "blur": a Gaussian blur of the image, sigma = `blur_sigma`
+    or max(H, W) / 16 by default. "mean": a per-channel constant, `substrate_value` (e.g. the dataset's
+    mean colour in [0, 1]) or, when it is None, each image's own per-channel mean.
+    """
+    if substrate not in SUBSTRATES:
+        raise VfmxaiError(f"substrate must be one of {', '.join(SUBSTRATES)}, got '{substrate}'")
+    if substrate_value is not None and substrate != "mean":
+        raise VfmxaiError(f"substrate_value is only used with substrate 'mean', not '{substrate}'")
+    if blur_sigma is not None and (substrate != "blur" or not blur_sigma > 0):
+        raise VfmxaiError(f"blur_sigma must be a positive number used with substrate 'blur', got {blur_sigma}")
+    if substrate == "black":
+        return torch.zeros_like(images)
+    if substrate == "blur":
+        return gaussian_blur(images, blur_sigma or max(images.shape[-2:]) / 16)
+    if substrate_value is None:
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
+    value = torch.as_tensor(substrate_value, dtype=images.dtype, device=images.device).flatten()
+    if value.numel() != images.shape[1]:
+        raise VfmxaiError(f"substrate_value needs {images.shape[1]} values (one per channel), got {value.numel()}")
+    return value.view(1, -1, 1, 1).expand_as(images)
+
+
+def insertion_deletion(
+    classifier: Callable[[Tensor], Tensor],
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor | Sequence[int] | None = None,
+    steps: int = 100,
+    substrate: str = "black",
+    batch_size: int = 64,
+    target_mode: str = "given",
+    substrate_value: Sequence[float] | Tensor | None = None,
+    blur_sigma: float | None = None,
+) -> InsDelResult:
+    """Insertion and deletion curves and AUCs of `maps` (B, h, w) for `images` (B, 3, H, W) in [0, 1].
+
+    `classifier`: images -> logits (N, C), an nn.Module (run in eval mode, its mode restored after) or
+    any function. `target_mode`: "given" scores `targets` (the ground truth, as the paper), "predicted"
+    the classifier's argmax on the clean image. Model calls: B (predicted mode) + 2 * B * (steps + 1).
+    """
+    images, maps = _check_inputs(images, maps, steps, batch_size, target_mode)
+    n_img, _, height, width = images.shape
+    device = images.device
+    with _eval_mode(classifier), torch.no_grad():
+        if target_mode == "predicted":
+            targets = torch.cat([classifier(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
+        elif targets is None:
+            raise VfmxaiError("insertion/deletion: targets are required with target_mode 'given'")
+        targets = torch.as_tensor(targets, device=device).long().flatten()
+        if targets.numel() != n_img:
+            raise VfmxaiError(f"insertion/deletion: {targets.numel()} targets for {n_img} images")
+        base = make_substrate(images, substrate, substrate_value, blur_sigma)
+        ranks = pixel_ranks(resize_maps(maps, (height, width)))
+        counts = step_counts(height * width, steps, device)
+        probs = _perturbed_probs(classifier, images, base, ranks, counts, targets, batch_size)
+    ins_curve, del_curve = probs.view(2, n_img, steps + 1).unbind(0)
+    return InsDelResult(auc(ins_curve), auc(del_curve), ins_curve, del_curve, targets)
+
+
+@contextmanager
+def _eval_mode(classifier: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """An nn.Module runs in eval mode (no dropout noise in the curves); every submodule's mode is restored."""
+    modes = [(m, m.training) for m in classifier.modules()] if isinstance(classifier, nn.Module) else []
+    if modes:
+        classifier.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+
+def _perturbed_probs(
+    classifier: Callable[[Tensor], Tensor],
+    images: Tensor,
+    base: Tensor,
+    ranks: Tensor,
+    counts: Tensor,
+    targets: Tensor,
+    batch_size: int,
+) -> Tensor:
+    """Target probabilities of all 2 * B * (steps + 1) perturbed images, ordered (mode, image, step).
+
+    Job j decodes to mode (0 insertion, 1 deletion), image b and step k; its image takes x where
+    (rank < n_k) XOR deletion, the substrate elsewhere. Only one chunk of images exists at a time.
+    """
+    n_img, channels, height, width = images.shape
+    per_mode = n_img * counts.numel()
+    out = torch.empty(2 * per_mode, device=images.device)
+    checked = False
+    for start in range(0, 2 * per_mode, batch_size):
+        jobs = torch.arange(start, min(start + batch_size, 2 * per_mode), device=images.device)
+        deletion = jobs >= per_mode
+        image = (jobs % per_mode) // counts.numel()
+        step = jobs % counts.numel()
+        take_x = (ranks[image] < counts[step].unsqueeze(1)) ^ deletion.unsqueeze(1)
+        batch = torch.where(take_x.view(-1, 1, height, width), images[image], base[image])
+        logits = classifier(batch).float()
+        _check_logits(logits, len(jobs), targets, check_targets=not checked)
+        checked = True
+        out[start : start + len(jobs)] = logits.softmax(dim=1).gather(1, targets[image].unsqueeze(1)).squeeze(1)
+    return out
+
+
+def _check_inputs(images: Tensor, maps: Tensor, steps: int, batch_size: int, target_mode: str) -> tuple[Tensor, Tensor]:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise VfmxaiError(f"insertion/deletion: images must be a non-empty (B, 3, H, W) tensor, got {_shape(images)}")
+    if not isinstance(maps, Tensor) or maps.dim() != 3 or maps.shape[0] != images.shape[0]:
+        raise VfmxaiError(
+            f"insertion/deletion: maps must be (B, h, w) with B = {images.shape[0]} as the images, got {_shape(maps)}"
+        )
+    if not isinstance(steps, int) or steps < 1:
+        raise VfmxaiError(f"insertion/deletion: steps must be a positive integer, got {steps}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise VfmxaiError(f"insertion/deletion: batch_size must be a positive integer, got {batch_size}")
+    if target_mode not in TARGET_MODES:
+        modes = ", ".join(TARGET_MODES)
+        raise VfmxaiError(f"insertion/deletion: target_mode must be one of {modes}, got '{target_mode}'")
+    maps = maps.to(images.device).float()
+    if not torch.isfinite(maps).all():
+        raise VfmxaiError("insertion/deletion: maps contain NaN or infinite values")
+    return images.float(), maps
+
+
+def _check_logits(logits: Tensor, n: int, targets: Tensor, check_targets: bool) -> None:
+    if logits.dim() != 2 or logits.shape[0] != n:
+        raise VfmxaiError(f"insertion/deletion: the classifier must return logits (N, C), got {_shape(logits)}")
+    n_classes = logits.shape[1]
+    if check_targets and (targets.min() < 0 or targets.max() >= n_classes):
+        got = targets.tolist()
+        raise VfmxaiError(f"insertion/deletion: targets must be class indices in [0, {n_classes}), got {got}")
+
+
+def _shape(x: object) -> object:
+    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

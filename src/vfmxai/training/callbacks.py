@@ -1,0 +1,91 @@
+"""Lightning callbacks: the AEA schedule, the per-epoch CSV log, best weights and the resume checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+
+from vfmxai.io import atomic_write, atomic_write_text
+from vfmxai.training.checkpoint import LAST, WEIGHTS, save_weights
+
+
+def aea_map_on(epoch: int, enabled: bool = True) -> bool:
+    """Alternating Epoch Architect (paper Eq. 3), epochs counted from 1: odd -> h_ALA = alpha, even -> ones."""
+    return not enabled or epoch % 2 == 1
+
+
+class AlternatingEpochArchitect(L.Callback):
+    """Odd epochs: map on, everything trainable learns. Even epochs: map replaced by all-ones and every
+    ALA parameter (former, f1, f2) frozen, so the perception branch and LoRA learn on unmasked features.
+    The phase is a function of the epoch number alone, so a resumed run continues in the same phase."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        map_on = aea_map_on(trainer.current_epoch + 1, self.enabled)
+        model = pl_module.model
+        model.use_map = map_on
+        for module in model.adapter_modules():
+            module.requires_grad_(map_on)
+
+
+class EpochLog(L.Callback):
+    """Rewrites `log.csv` (one row per finished epoch) atomically after every epoch."""
+
+    columns = ("epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[str] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        epoch = trainer.current_epoch + 1
+        values = [str(epoch), "map" if pl_module.model.use_map else "ones"]
+        values += [f"{float(metrics.get(k, math.nan)):.6f}" for k in self.columns[2:]]
+        self.rows = [r for r in self.rows if int(r.split(",")[0]) < epoch] + [",".join(values)]
+        atomic_write_text(self.path, ",".join(self.columns) + "\n" + "\n".join(self.rows) + "\n")
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+
+class BestWeights(L.Callback):
+    """After each epoch: `model.safetensors` <- trainable weights if val_loss improved.
+
+    The best val loss travels in the Lightning checkpoint, so a resumed run keeps comparing against it.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.best = math.inf
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        val_loss = float(trainer.callback_metrics.get("val_loss", math.nan))
+        if val_loss < self.best or not (self.run_dir / WEIGHTS).exists():
+            self.best = min(self.best, val_loss) if not math.isnan(val_loss) else self.best
+            if trainer.is_global_zero:
+                save_weights(pl_module.model, self.run_dir / WEIGHTS)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = float(state_dict.get("best", math.inf))
+
+
+class ResumeCheckpoint(L.Callback):
+    """Writes `last.ckpt` atomically at the end of every epoch; listed last so every other callback's
+    state (early stopping counter, best loss, log rows) is already updated when it is saved."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LAST
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp))

@@ -1,0 +1,65 @@
+"""LightningModule around `ALAModel`: loss, augmentation on the device, AdamW, trainable-only checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from vfmxai.ala import ALAModel
+from vfmxai.config import RunConfig
+from vfmxai.data import augment
+
+
+class ALALightning(L.LightningModule):
+    def __init__(self, model: ALAModel, config: RunConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.strict_loading = False
+        """Checkpoints hold only the trainable weights; the frozen backbone comes from its own source."""
+
+    def _augment_generator(self, batch_idx: int) -> torch.Generator:
+        """Augmentation randomness from (seed, epoch, batch): identical after an interruption and resume."""
+        seed = (self.config.train.seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx
+        return torch.Generator(device="cpu").manual_seed(seed % (2**63))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        tc = self.config.train
+        images = augment(batch["image"], self._augment_generator(batch_idx), flip=tc.flip, crop_scale=tc.crop_scale)
+        out = self.model.forward_all(images)
+        loss = self.model.loss(out, batch["label"])
+        acc = (out.logits.argmax(1) == batch["label"]).float().mean()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log("train_acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model.forward_all(batch["image"])
+        loss = self.model.loss(out, batch["label"])
+        acc = (out.logits.argmax(1) == batch["label"]).float().mean()
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("val_acc", acc, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+
+    def on_validation_epoch_start(self) -> None:
+        self._map_during_training = self.model.use_map
+        self.model.use_map = True
+
+    def on_validation_epoch_end(self) -> None:
+        self.model.use_map = self._map_during_training
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over every trainable part; AEA toggles `requires_grad`, and AdamW skips params whose grad is None."""
+        tc = self.config.train
+        params = [p for name, p in self.model.named_parameters() if name in self._trainable_names()]
+        return torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+
+    def _trainable_names(self) -> set[str]:
+        return {
+            name
+            for name, _ in self.model.named_parameters()
+            if not name.startswith("backbone.") or "lora_" in name
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}

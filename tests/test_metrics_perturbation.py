@@ -1,0 +1,213 @@
+"""Insertion/deletion against closed-form curves, plus the invariants of the protocol."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from explainer_fixtures import tiny_probe
+from scipy import ndimage
+from torch import nn
+
+from vfmxai.errors import VfmxaiError
+from vfmxai.metrics import (
+    auc,
+    gaussian_blur,
+    id_score,
+    insertion_deletion,
+    make_substrate,
+    pixel_ranks,
+    step_counts,
+)
+
+
+def mean_red(images: torch.Tensor) -> torch.Tensor:
+    """2-class logits [log s, log(1 - s)], s = mean of channel 0: the class-0 softmax probability is s,
+    linear in the pixels kept."""
+    s = images[:, 0].mean(dim=(1, 2))
+    return torch.stack([s.log(), (1 - s).log()], dim=1)
+
+
+class DropoutMeanRed(nn.Module):
+    """`mean_red` behind a dropout layer: only deterministic in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.9)
+        self.frozen = nn.Dropout(0.5)
+
+    def forward(self, images):
+        return mean_red(self.drop(images).clamp(0.01, 0.99))
+
+
+GREY = (0.2, 0.2, 0.2)
+
+
+def two_by_two() -> torch.Tensor:
+    """One 2x2 image whose channel 0 is [[0.9, 0.1], [0.5, 0.3]] (mean 0.45)."""
+    image = torch.full((1, 3, 2, 2), 0.5)
+    image[0, 0] = torch.tensor([[0.9, 0.1], [0.5, 0.3]])
+    return image
+
+
+def test_curves_and_aucs_by_hand():
+    # Map = the red values: order 0.9, 0.5, 0.3, 0.1; substrate 0.2.
+    # Insertion s_n: 0.2, (0.9+3*.2)/4, (0.9+.5+2*.2)/4, (0.9+.5+.3+.2)/4, 1.8/4.
+    # Deletion  s_n: 0.45, (.2+.1+.5+.3)/4, (.2+.1+.2+.3)/4, (.2+.1+.2+.2)/4, 0.2.
+    image = two_by_two()
+    res = insertion_deletion(mean_red, image, image[:, 0], [0], steps=4, substrate="mean", substrate_value=GREY)
+    assert res.insertion_curve[0].tolist() == pytest.approx([0.2, 0.375, 0.45, 0.475, 0.45])
+    assert res.deletion_curve[0].tolist() == pytest.approx([0.45, 0.275, 0.2, 0.175, 0.2])
+    assert res.insertion.item() == pytest.approx(0.40625)
+    assert res.deletion.item() == pytest.approx(0.24375)
+    assert res.id_score.item() == pytest.approx(0.40625 - 0.24375)
+    assert id_score(res.insertion, res.deletion).item() == pytest.approx(0.1625)
+
+
+def test_constant_map_uses_raster_order_deterministically():
+    # Raster order 0.9, 0.1, 0.5, 0.3: insertion s_n = 0.2, 1.5/4, 1.4/4, 1.7/4, 1.8/4.
+    image = two_by_two()
+    kwargs = dict(steps=4, substrate="mean", substrate_value=GREY)
+    first = insertion_deletion(mean_red, image, torch.ones(1, 2, 2), [0], **kwargs)
+    again = insertion_deletion(mean_red, image, torch.ones(1, 2, 2), [0], **kwargs)
+    assert first.insertion_curve[0].tolist() == pytest.approx([0.2, 0.375, 0.35, 0.425, 0.45])
+    assert torch.equal(first.insertion_curve, again.insertion_curve)
+    assert torch.equal(first.deletion_curve, again.deletion_curve)
+
+
+def test_pixel_ranks_break_ties_by_raster_index():
+    maps = torch.tensor([[[1.0, 2.0], [2.0, 0.0]], [[5.0, 5.0], [5.0, 5.0]]])
+    assert pixel_ranks(maps).tolist() == [[2, 0, 1, 3], [0, 1, 2, 3]]
+
+
+def test_uniform_image_gives_linear_curves():
+    # Uniform red 0.8 on substrate 0.1: every curve is linear in n_k, so each AUC is (p0 + p1) / 2 when
+    # steps divides H*W, and follows n_k = round(k * 64 / 10) (half up) when it does not.
+    image = torch.full((2, 3, 8, 8), 0.8)
+    maps = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(substrate="mean", substrate_value=(0.1, 0.1, 0.1))
+    exact = insertion_deletion(mean_red, image, maps, [0, 0], steps=16, **kwargs)
+    assert exact.insertion.tolist() == pytest.approx([0.45, 0.45])
+    assert exact.deletion.tolist() == pytest.approx([0.45, 0.45])
+    rounded = insertion_deletion(mean_red, image, maps, [0, 0], steps=10, **kwargs)
+    n = torch.tensor([0, 6, 13, 19, 26, 32, 38, 45, 51, 58, 64], dtype=torch.float64)
+    expected = 0.1 + 0.7 * n / 64
+    assert rounded.insertion_curve[0].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert rounded.deletion_curve[1].tolist() == pytest.approx(expected.flip(0).tolist(), abs=1e-6)
+
+
+def test_step_counts_round_half_up_and_include_both_ends():
+    assert step_counts(64, 10).tolist() == [0, 6, 13, 19, 26, 32, 38, 45, 51, 58, 64]
+    assert step_counts(2, 4).tolist() == [0, 1, 1, 2, 2]
+    assert step_counts(5, 1).tolist() == [0, 5]
+
+
+def test_auc():
+    assert auc(torch.full((3, 11), 0.7)).tolist() == pytest.approx([0.7] * 3)
+    assert auc(torch.tensor([0.0, 1.0])).item() == pytest.approx(0.5)
+    assert auc(torch.tensor([0.0, 1.0, 0.0])).item() == pytest.approx(0.5)
+    assert auc(torch.tensor([1.0, 0.0, 0.0, 0.0])).item() == pytest.approx(1 / 6)
+    with pytest.raises(VfmxaiError):
+        auc(torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("substrate", ["black", "blur", "mean"])
+def test_endpoints_are_clean_image_and_substrate(substrate):
+    model = tiny_probe(num_classes=3)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 32, 32, generator=gen)
+    maps = torch.rand(3, 7, 7, generator=gen)
+    targets = torch.tensor([0, 2, 1])
+    res = insertion_deletion(model, images, maps, targets, steps=5, substrate=substrate)
+    assert res.insertion_curve.shape == res.deletion_curve.shape == (3, 6)
+    with torch.no_grad():
+        clean = model(images).softmax(1)[torch.arange(3), targets]
+        base = model(make_substrate(images, substrate)).softmax(1)[torch.arange(3), targets]
+    torch.testing.assert_close(res.insertion_curve[:, -1], clean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.deletion_curve[:, 0], clean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.deletion_curve[:, -1], base, atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.insertion_curve[:, 0], base, atol=1e-6, rtol=0)
+    assert not torch.allclose(clean, base)
+
+
+def test_chunking_does_not_change_values():
+    model = tiny_probe(num_classes=4)
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(3, 3, 32, 32, generator=gen)
+    maps = torch.rand(3, 4, 4, generator=gen)
+    targets = torch.tensor([3, 0, 1])
+    small = insertion_deletion(model, images, maps, targets, steps=8, batch_size=7)
+    large = insertion_deletion(model, images, maps, targets, steps=8, batch_size=1000)
+    torch.testing.assert_close(small.insertion_curve, large.insertion_curve, atol=1e-6, rtol=0)
+    torch.testing.assert_close(small.deletion_curve, large.deletion_curve, atol=1e-6, rtol=0)
+
+
+def test_predicted_target_mode():
+    # mean_red predicts class 1 (s = 0.45 < 0.5); the curve then scores 1 - s.
+    image = two_by_two()
+    res = insertion_deletion(
+        mean_red, image, image[:, 0], [0], steps=4, substrate="mean", substrate_value=GREY, target_mode="predicted"
+    )
+    assert res.targets.tolist() == [1]
+    assert res.insertion_curve[0].tolist() == pytest.approx([0.8, 0.625, 0.55, 0.525, 0.55])
+
+
+def test_module_runs_in_eval_mode_and_keeps_its_mode():
+    model = DropoutMeanRed().train()
+    model.frozen.eval()  # a submodule deliberately kept in eval mode
+    image = two_by_two()
+    res = insertion_deletion(model, image, image[:, 0], [0], steps=4, substrate="mean", substrate_value=GREY)
+    assert res.insertion.item() == pytest.approx(0.40625)
+    assert model.training and model.drop.training and not model.frozen.training
+
+
+def test_own_mean_substrate_and_blur():
+    images = torch.rand(2, 3, 5, 6, generator=torch.Generator().manual_seed(3))
+    own = make_substrate(images, "mean")
+    torch.testing.assert_close(own[:, :, 4, 5], images.mean(dim=(2, 3)))
+    assert torch.equal(own.amax(dim=(2, 3)), own.amin(dim=(2, 3)))
+    flat = torch.full((1, 3, 9, 9), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)
+    impulse = torch.zeros(1, 3, 21, 17)
+    impulse[0, :, 10, 8] = 1.0
+    big = torch.rand(1, 3, 21, 17, generator=torch.Generator().manual_seed(4))
+    for x in (impulse, big):
+        reference = ndimage.gaussian_filter(x.double().numpy(), sigma=(0, 0, 2, 2), mode="nearest", truncate=3.0)
+        torch.testing.assert_close(gaussian_blur(x, 2.0).double(), torch.from_numpy(reference), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"substrate": "noise"},
+        {"substrate": "black", "substrate_value": (0.1, 0.1, 0.1)},
+        {"substrate": "mean", "substrate_value": (0.1, 0.1)},
+        {"steps": 0},
+        {"batch_size": 0},
+        {"target_mode": "top"},
+        {"targets": [0, 0]},
+        {"targets": [5]},
+        {"targets": None},
+        {"maps": torch.rand(2, 2, 2)},
+        {"maps": torch.full((1, 2, 2), float("nan"))},
+        {"images": torch.rand(1, 1, 2, 2)},
+    ],
+)
+def test_bad_input_raises(kwargs):
+    args = dict(images=two_by_two(), maps=torch.rand(1, 2, 2), targets=[0], steps=4)
+    args.update(kwargs)
+    with pytest.raises(VfmxaiError):
+        insertion_deletion(mean_red, **args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    model = tiny_probe(num_classes=3)
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(4, 3, 32, 32, generator=gen)
+    maps = torch.rand(4, 8, 8, generator=gen)
+    targets = torch.tensor([0, 1, 2, 0])
+    cpu = insertion_deletion(model, images, maps, targets, steps=10, substrate="blur", batch_size=9)
+    gpu = insertion_deletion(model.cuda(), images.cuda(), maps.cuda(), targets.cuda(), steps=10, substrate="blur")
+    assert gpu.insertion_curve.is_cuda
+    torch.testing.assert_close(gpu.insertion_curve.cpu(), cpu.insertion_curve, atol=1e-4, rtol=0)
+    torch.testing.assert_close(gpu.deletion_curve.cpu(), cpu.deletion_curve, atol=1e-4, rtol=0)
