@@ -62,7 +62,49 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--batch-size", default=8, type=int)
     explain.add_argument("--device", default="cpu")
     explain.add_argument("inputs", nargs="+")
+
+    evaluate = sub.add_parser("evaluate", help="every method x a dataset split x every metric -> metrics.json")
+    evaluate.add_argument("--checkpoint", required=True, type=Path)
+    evaluate.add_argument("--dataset", required=True, choices=DATASETS)
+    evaluate.add_argument("--root", type=Path)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--methods", default="all")
+    evaluate.add_argument("--out", required=True, type=Path)
+    _evaluation_flags(evaluate)
+
+    reproduce = sub.add_parser("reproduce", help="train with several seeds, evaluate everything, the paper's tables")
+    reproduce.add_argument("--preset", required=True)
+    reproduce.add_argument("--dataset", required=True, choices=DATASETS)
+    reproduce.add_argument("--root", type=Path)
+    reproduce.add_argument("--seeds", default=5, type=int)
+    reproduce.add_argument("--ablations", action="store_true")
+    reproduce.add_argument("--methods", default="all")
+    reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    reproduce.add_argument("--out", required=True, type=Path)
+    _evaluation_flags(reproduce)
     return parser
+
+
+def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--batch-size", default=16, type=int)
+    parser.add_argument("--steps", default=100, type=int, help="insertion/deletion steps")
+    parser.add_argument("--substrate", default="black", choices=("black", "blur", "mean"))
+    parser.add_argument("--target", default="given", choices=("given", "predicted"), help="class scored")
+    parser.add_argument("--threshold", default=0.5, type=float, help="IoU threshold τ")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _evaluation_options(args: argparse.Namespace) -> dict:
+    return {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "substrate": args.substrate,
+        "target_mode": args.target,
+        "threshold": args.threshold,
+        "progress": not args.no_progress,
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -81,7 +123,31 @@ def _run(args: argparse.Namespace) -> int:
         predictions = explain_files(args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device)
         print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
         return 0
+    if args.command == "evaluate":
+        from vfmxai.evaluation import evaluate_run
+
+        _need_root(args)
+        result = evaluate_run(
+            args.checkpoint, args.dataset, args.root, args.split, args.methods, args.out, **_evaluation_options(args)
+        )
+        print(f"evaluated {result['n_images']} image(s) -> {args.out / 'metrics.json'}")
+        return 0
+    if args.command == "reproduce":
+        from vfmxai.evaluation import reproduce
+
+        _need_root(args)
+        reproduce(
+            args.preset, args.dataset, args.root, args.seeds, args.out,
+            ablations=args.ablations, methods=args.methods, overrides=args.overrides, **_evaluation_options(args),
+        )
+        print(f"reproduced -> {args.out}")
+        return 0
     raise AssertionError(args.command)
+
+
+def _need_root(args: argparse.Namespace) -> None:
+    if args.dataset != "synthetic" and args.root is None:
+        raise VfmxaiError(f"--root is required for --dataset {args.dataset}")
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -91,8 +157,7 @@ def _data(args: argparse.Namespace) -> int:
         data.write_synthetic(args.out, args.n_train, args.n_val, args.n_test, args.size, args.seed, args.task)
         print(f"wrote the synthetic set ({args.task}, seed {args.seed}) to {args.out}")
         return 0
-    if args.dataset != "synthetic" and args.root is None:
-        raise VfmxaiError(f"--root is required for --dataset {args.dataset}")
+    _need_root(args)
     if args.data_command == "info":
         print(json.dumps(data.dataset_info(args.dataset, args.root), indent=2, sort_keys=True))
         return 0
@@ -110,8 +175,7 @@ def _train(args: argparse.Namespace) -> int:
     config = preset(args.preset)
     config.data.dataset = args.dataset
     config.data.root = str(args.root) if args.root else None
-    if args.dataset != "synthetic" and args.root is None:
-        raise VfmxaiError(f"--root is required for --dataset {args.dataset}")
+    _need_root(args)
     if args.backbone:
         config.backbone.name = args.backbone
     if args.seed is not None:

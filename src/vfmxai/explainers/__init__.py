@@ -3,7 +3,7 @@
 Importing this package registers every method (each module registers its classes on import).
 """
 
-from vfmxai.explainers import ala  # noqa: F401
+from vfmxai.explainers import ala, attention, cam, daam, gradient, lrp, perturbation  # noqa: F401
 from vfmxai.explainers.base import Explainer, available, get, register
 
 __all__ = ["Explainer", "available", "get", "register"]

@@ -85,21 +85,23 @@ def record_attention(backbone: Backbone) -> Iterator[list[AttentionRecord]]:
         yield records
 
 
-def forward_recorded(classifier: Classifier, images: Tensor, method: str) -> tuple[Tensor, list[AttentionRecord]]:
+def forward_recorded(
+    classifier: Classifier, images: Tensor, method: str
+) -> tuple[Tensor, list[AttentionRecord]]:
     """Logits and the attention records of one forward; raises if the backbone did not run exactly once."""
     backbone = classifier.backbone
     with record_attention(backbone) as records:
         logits = classifier(images)
     if len(records) != backbone.num_blocks:
         raise VfmxaiError(
-            f"method '{method}': expected one attention record per block ({backbone.num_blocks}), got {len(records)};"
-            " the classifier must run its backbone exactly once per forward"
+            f"method '{method}': expected one attention record per block ({backbone.num_blocks}),"
+            f" got {len(records)}; the classifier must run its backbone exactly once per forward"
         )
     return logits, records
 
 
 def target_score(logits: Tensor, targets: Tensor) -> Tensor:
-    """Sum over the batch of each image's target logit (images do not interact, so gradients stay per image)."""
+    """Sum over the batch of each image's target logit (images do not interact: gradients stay per image)."""
     return logits.gather(1, targets.view(-1, 1)).sum()
 
 
@@ -178,7 +180,8 @@ class AttentionRollout(Explainer):
         super().__init__(classifier)
         if head_fusion not in HEAD_FUSIONS:
             raise VfmxaiError(
-                f"method 'rollout': option head_fusion must be one of {'|'.join(HEAD_FUSIONS)}, got {head_fusion!r}"
+                f"method 'rollout': option head_fusion must be one of {'|'.join(HEAD_FUSIONS)},"
+                f" got {head_fusion!r}"
             )
         self.head_fusion = head_fusion
         self.start_block = check_start_block("rollout", start_block, classifier.backbone)

@@ -39,7 +39,7 @@ MODES = ("supervised", "self_supervised")
 
 
 class EmbeddingScore(Classifier):
-    """A bare backbone as a one-output `Classifier`: logit = Σ_d ω_d f_d (ω constant; see module docstring)."""
+    """A bare backbone as a one-output `Classifier`: logit = Σ_d ω_d f_d (ω constant; module docstring)."""
 
     def __init__(self, backbone: Backbone, prototype: Tensor | None = None):
         super().__init__()
@@ -76,14 +76,21 @@ class DAAM(Explainer):
             raise VfmxaiError(f"method 'daam': option mode must be one of {'|'.join(MODES)}, got {mode!r}")
         if isinstance(classifier, Backbone):
             if mode != "self_supervised":
-                raise VfmxaiError("method 'daam': a bare backbone (no classifier head) needs mode='self_supervised'")
+                raise VfmxaiError(
+                    "method 'daam': a bare backbone (no classifier head) needs mode='self_supervised'"
+                )
         elif prototype is not None and mode != "self_supervised":
             raise VfmxaiError("method 'daam': option prototype applies to mode='self_supervised' only")
         backbone = classifier if isinstance(classifier, Backbone) else classifier.backbone
         if backbone.num_prefix_tokens < 1:
             raise VfmxaiError(f"method 'daam': backbone '{backbone.name}' has no class token to decompose")
-        if prototype is not None and (not isinstance(prototype, Tensor) or prototype.shape[-1] != backbone.hidden_size):
-            raise VfmxaiError(f"method 'daam': option prototype must be a tensor (D,) or (B, D) with D = {backbone.hidden_size}")
+        if prototype is not None and (
+            not isinstance(prototype, Tensor) or prototype.shape[-1] != backbone.hidden_size
+        ):
+            raise VfmxaiError(
+                "method 'daam': option prototype must be a tensor (D,) or (B, D)"
+                f" with D = {backbone.hidden_size}"
+            )
         if mode == "self_supervised":
             classifier = EmbeddingScore(backbone, prototype)
         super().__init__(classifier)

@@ -123,7 +123,7 @@ def _is_activation(module: nn.Module) -> bool:
 
 @register("lrp")
 class AttnLRP(Explainer):
-    """LRP for transformers with the AttnLRP rules, as a modified gradient (module docstring: rules, tolerance).
+    """LRP for transformers, AttnLRP rules, as a modified gradient (module docstring: rules, tolerance).
 
     Options: `softmax_rule` (attnlrp|cp, default attnlrp), `level` (patch|pixel, default patch).
     """
@@ -132,7 +132,8 @@ class AttnLRP(Explainer):
         super().__init__(classifier)
         if softmax_rule not in SOFTMAX_RULES:
             raise VfmxaiError(
-                f"method 'lrp': option softmax_rule must be one of {'|'.join(SOFTMAX_RULES)}, got {softmax_rule!r}"
+                f"method 'lrp': option softmax_rule must be one of {'|'.join(SOFTMAX_RULES)},"
+                f" got {softmax_rule!r}"
             )
         if level not in LEVELS:
             raise VfmxaiError(f"method 'lrp': option level must be one of {'|'.join(LEVELS)}, got {level!r}")

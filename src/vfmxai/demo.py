@@ -1,0 +1,100 @@
+"""`vfmxai demo`: the whole story on the built-in default, offline, on a laptop CPU in under 5 minutes.
+
+1. writes the synthetic set (folder format) to OUT/data;
+2. trains ALA + AEA + LoRA on the shipped default backbone (toy preset) and the three ablations
+   (no lattice, no LoRA, no AEA);
+3. evaluates every available method on the synthetic test split (mean IoU, insertion, deletion,
+   ID score, pointing games) and the ablations' ALA maps;
+4. writes OUT/report.md: the paper's Table 2 and Table 4 layouts, the method grid (Fig. 4), the
+   insertion/deletion curves, the maps with and without AEA (Fig. 5), and the time each step took.
+
+The demo shrinks sizes (64 px images, 600/120/120 images, few epochs, fewer RISE masks and IG steps),
+never the protocol: every metric is computed exactly as in `vfmxai evaluate`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from vfmxai.data import write_synthetic
+from vfmxai.evaluation import reproduce
+from vfmxai.io import atomic_write_text
+
+DEMO_OVERRIDES = [
+    "train.epochs=6",
+    "train.batch_size=32",
+    "train.lr=1e-3",
+    "train.patience=0",
+]
+"""The toy preset as the demo runs it; printed into every run's config.json."""
+
+DEMO_METHOD_OPTIONS = {
+    "rise": {"n_masks": 500, "batch_size": 250},
+    "ig": {"steps": 16},
+    "scorecam": {"max_channels": 64},
+}
+"""Cheaper settings of the slowest methods, so the demo fits in 5 minutes; recorded in metrics.json."""
+
+
+def run_demo(out: str | Path, seed: int = 0, progress: bool = True) -> Path:
+    out = Path(out)
+    times: dict[str, float] = {}
+    start = time.time()
+    data_root = out / "data"
+    write_synthetic(data_root, 600, 120, 120, 64, seed, "demo")
+    times["write synthetic set"] = time.time() - start
+    step = time.time()
+    result = reproduce(
+        "toy",
+        "folder",
+        data_root,
+        seeds=1,
+        out=out / "reproduce",
+        ablations=True,
+        overrides=DEMO_OVERRIDES,
+        method_options=DEMO_METHOD_OPTIONS,
+        progress=progress,
+    )
+    times["train ALA + ablations, evaluate every method"] = time.time() - step
+    times["total"] = time.time() - start
+    report = _report(out, result, times)
+    atomic_write_text(out / "report.md", report)
+    print(report)
+    return out / "report.md"
+
+
+def _report(out: Path, result: dict, times: dict[str, float]) -> str:
+    rep = out / "reproduce"
+    lines = [
+        "# vfmxai demo report",
+        "",
+        "ALA + AEA + LoRA on the shipped default backbone (a small CLIP-architecture ViT pretrained on a",
+        "different synthetic task), trained and evaluated on the synthetic set (64 px, 6 classes, test split).",
+        "",
+        f"Accuracy of the ALA model on the test split: {result['accuracy']:.3f}",
+        "",
+        "## Methods (paper Table 2 layout)",
+        "",
+        (rep / "table2.md").read_text().strip(),
+        "",
+        "## Ablations (paper Table 4 layout)",
+        "",
+        (rep / "table4.md").read_text().strip(),
+        "",
+        "## Figures",
+        "",
+        "![method grid](reproduce/seed0/eval/grid.png)",
+        "",
+        "![insertion and deletion curves](reproduce/seed0/eval/curves.png)",
+        "",
+        "![maps with and without AEA](reproduce/aea_maps.png)",
+        "",
+        "## Time",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {name} | {seconds:.0f} |" for name, seconds in times.items()],
+        "",
+    ]
+    return "\n".join(lines)

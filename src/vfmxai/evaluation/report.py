@@ -1,0 +1,166 @@
+"""From per-image scores to the numbers of metrics.json, and those numbers as CSV and markdown tables.
+
+Table layout: the ALA paper's Table 2 (methods as rows; mIoU, Insertion, Deletion, ID Score), followed by
+the extra columns of DESIGN §4 (dataset-level mIoU, best-tau mIoU, pointing game, energy pointing game).
+Values print with 3 decimals as the paper's, "mean ± std" where a spread over seeds exists; the best
+value of each column (highest, lowest for Deletion, compared as printed) is bold, ties all bold.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from vfmxai.metrics import best_tau_iou, dataset_iou
+
+METHODS = ("ala", "gradcam", "scorecam", "ig", "guided_bp", "lrp", "rise", "rollout", "transformer_attribution", "daam")
+"""The method keys of DESIGN §6, in the order `methods="all"` evaluates them."""
+METRICS = ("miou", "miou_dataset", "miou_best_tau", "insertion", "deletion", "id", "pointing_game", "energy_pg")
+"""The keys of each method's entry in metrics.json (DESIGN §6)."""
+TABLE_COLUMNS = ("miou", "insertion", "deletion", "id", "miou_dataset", "miou_best_tau", "pointing_game", "energy_pg")
+PAIRED_METRICS = ("miou", "insertion", "deletion", "id", "pointing_game", "energy_pg")
+"""The metrics with one score per image, hence a paired test between two methods."""
+LOWER_IS_BETTER = frozenset({"deletion"})
+HEADERS = {
+    "miou": "mIoU ↑",
+    "insertion": "Insertion ↑",
+    "deletion": "Deletion ↓",
+    "id": "ID Score ↑",
+    "miou_dataset": "mIoU (dataset) ↑",
+    "miou_best_tau": "mIoU (best τ) ↑",
+    "pointing_game": "Pointing game ↑",
+    "energy_pg": "Energy PG ↑",
+}
+NAMES = {
+    "ala": "ALA (ours)",
+    "gradcam": "Grad-CAM",
+    "scorecam": "Score-CAM",
+    "ig": "IG",
+    "guided_bp": "Guided BP",
+    "lrp": "LRP",
+    "rise": "RISE",
+    "rollout": "Rollout",
+    "transformer_attribution": "Transformer attribution",
+    "daam": "DAAM",
+}
+DIGITS = 6
+"""metrics.json rounds every score to 6 decimals: the same text on every run, whatever the summation order."""
+
+
+def display_name(method: str) -> str:
+    return NAMES.get(method, method)
+
+
+def rounded(value: float) -> float:
+    return round(float(value), DIGITS)
+
+
+def per_image_scores(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{metric: (N,) float64} for the PAIRED_METRICS from one method's stored per-image arrays."""
+    scores = {
+        "miou": arrays["iou"],
+        "insertion": arrays["insertion"],
+        "deletion": arrays["deletion"],
+        "pointing_game": arrays["pointing_game"],
+        "energy_pg": arrays["energy_pg"],
+    }
+    scores = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    scores["id"] = scores["insertion"] - scores["deletion"]
+    return {k: scores[k] for k in PAIRED_METRICS}
+
+
+def summarise(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, float], float]:
+    """(the METRICS of one method, rounded; the best tau) from its per-image arrays (see `store`)."""
+    scores = per_image_scores(arrays)
+    best, tau = best_tau_iou(torch.from_numpy(np.asarray(arrays["iou_curve"])))
+    values = {k: float(v.mean()) for k, v in scores.items()}
+    values["miou_dataset"] = dataset_iou(torch.from_numpy(arrays["intersection"]), torch.from_numpy(arrays["union"]))
+    values["miou_best_tau"] = best
+    return {k: rounded(values[k]) for k in METRICS}, rounded(tau)
+
+
+def format_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _cell(row: Mapping[str, float], metric: str) -> str:
+    value = row.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    std = row.get(f"{metric}_std")
+    return f"{value:.3f}" if std is None else f"{value:.3f} ± {std:.3f}"
+
+
+def render_table(
+    rows: Mapping[str, Mapping[str, float]],
+    columns: Sequence[str] = TABLE_COLUMNS,
+    p_values: Mapping[str, Mapping[str, float]] | None = None,
+    p_metric: str = "miou",
+    reference: str = "ala",
+    leading: Sequence[tuple[str, Mapping[str, str]]] = (),
+    names: Mapping[str, str] | None = None,
+    first_header: str = "Method",
+) -> str:
+    """A markdown table: one row per key of `rows` (its metrics, and `<metric>_std` where present).
+
+    `p_values` ({method: {metric: p}}) adds a column "p vs <reference> (<metric>)"; `leading` adds text
+    columns (header, {row: text}) after the first, e.g. the ablation table's AEA / LoRA / ALA marks.
+    """
+    label = {k: (names or {}).get(k, display_name(k)) for k in rows}
+    best: dict[str, float] = {}
+    for metric in columns:
+        shown = [round(r[metric], 3) for r in rows.values() if r.get(metric) is not None and not math.isnan(r[metric])]
+        if shown:
+            best[metric] = min(shown) if metric in LOWER_IS_BETTER else max(shown)
+    headers = [first_header, *(h for h, _ in leading), *(HEADERS.get(c, c) for c in columns)]
+    if p_values is not None:
+        headers.append(f"p vs {label.get(reference, display_name(reference))} ({HEADERS.get(p_metric, p_metric)[:-2]})")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    for key, row in rows.items():
+        cells = [label[key], *(texts.get(key, "") for _, texts in leading)]
+        for metric in columns:
+            text = _cell(row, metric)
+            bold = metric in best and row.get(metric) is not None and round(row[metric], 3) == best[metric]
+            cells.append(f"**{text}**" if bold and len(rows) > 1 else text)
+        if p_values is not None:
+            p = p_values.get(key, {}).get(p_metric)
+            cells.append("—" if p is None else format_p(p))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_p_table(p_values: Mapping[str, Mapping[str, float]], reference: str = "ala") -> str:
+    """Every paired test: one row per method, one column per per-image metric."""
+    headers = ["Comparison", *(HEADERS[m][:-2] for m in PAIRED_METRICS)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(PAIRED_METRICS)) + "|"]
+    for method, ps in p_values.items():
+        cells = [f"{display_name(method)} vs {display_name(reference)}"]
+        cells += [format_p(ps[m]) if m in ps else "—" for m in PAIRED_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(
+    rows: Mapping[str, Mapping[str, float]], p_values: Mapping[str, Mapping[str, float]] | None = None
+) -> str:
+    """CSV, one row per method: method, each metric (and `<metric>_std` where any row has it), then `p_<metric>`."""
+    columns = []
+    for metric in METRICS:
+        columns.append(metric)
+        if any(f"{metric}_std" in r for r in rows.values()):
+            columns.append(f"{metric}_std")
+    p_columns = list(PAIRED_METRICS) if p_values is not None else []
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", *columns, *(f"p_{m}" for m in p_columns)])
+    for method, row in rows.items():
+        values = [repr(row[c]) if c in row else "" for c in columns]
+        method_p = (p_values or {}).get(method, {})
+        ps = [repr(method_p[m]) if m in method_p else "" for m in p_columns]
+        writer.writerow([method, *values, *ps])
+    return buffer.getvalue()

@@ -1,0 +1,230 @@
+"""`reproduce`: the paper's experiment end to end — train ALA per seed, evaluate every method, aggregate.
+
+Seeds: trial k trains with `train.seed = k` (model initialisation, data order, augmentation) while the
+data split stays fixed (`data.seed` from the preset or the overrides): every trial is scored on the same
+test images, so the spread over seeds is the training's and the paired test over images pairs like with
+like. `seeds=N` means seeds 0..N-1; a list gives them explicitly.
+
+Layout of `out`:
+    reproduce.json                   the arguments of the reproduction
+    seed<k>/run/                     the training run folder (`vfmxai train`'s layout)
+    seed<k>/trained.json             written when that training finished: a rerun skips it
+    seed<k>/eval/                    `evaluate`'s folder for every method on the test split
+    seed<k>/ablation_<variant>/run, trained.json, eval/      with ablations=True (ALA only)
+    metrics.json, metrics.csv, table2.md         Table 2: mean ± std over seeds, p-values vs ALA
+    ablations.json, table4.md, aea_maps.png      with ablations=True: Table 4 and Fig. 5
+Every step resumes: a finished training is skipped, an interrupted one continues from its last.ckpt,
+an evaluation continues from its per-image files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vfmxai.config import RunConfig, apply_overrides, preset
+from vfmxai.errors import VfmxaiError
+from vfmxai.evaluation.aggregate import aggregate, aggregate_results
+from vfmxai.evaluation.report import per_image_scores, render_table
+from vfmxai.evaluation.runner import default_device, evaluate
+from vfmxai.evaluation.store import load_per_image
+from vfmxai.io import atomic_write_json, atomic_write_text
+from vfmxai.viz.grid import save_grid
+
+ABLATIONS: dict[str, tuple[str, bool, bool, bool, list[str]]] = {
+    "no_lattice": ("(i)", True, True, False, ["model.lattice=false"]),
+    "no_lora": ("(ii)", True, False, True, ["backbone.lora=false"]),
+    "no_aea": ("(iii)", False, True, True, ["train.aea=false"]),
+    "full": ("(iv)", True, True, True, []),
+}
+"""The paper's Table 4 rows: label, AEA, LoRA, ALA (lattice), and the overrides that switch a part off."""
+TRAINED = "trained.json"
+
+
+def run_config(
+    preset_name: str, dataset: str, root: str | Path | None, seed: int, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """The config of one trial: the preset, the dataset, the overrides, then `train.seed = seed`."""
+    config = preset(preset_name)
+    config.data.dataset = dataset
+    config.data.root = None if root is None else str(root)
+    apply_overrides(config, list(overrides))
+    config.train.seed = int(seed)
+    return config
+
+
+def reproduce(
+    preset_name: str,
+    dataset: str,
+    root: str | Path | None,
+    seeds: int | Sequence[int],
+    out: str | Path,
+    ablations: bool = False,
+    methods: str | Sequence[str] = "all",
+    overrides: Sequence[str] | None = None,
+    progress: bool = True,
+    *,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    steps: int = 100,
+    batch_size: int = 16,
+    device: str | None = None,
+    **eval_options: Any,
+) -> dict[str, Any]:
+    """Train and evaluate every seed, aggregate Table 2 (and Table 4 with `ablations`); return the aggregate
+    (Table 2's metrics.json content, with the ablation aggregate under "ablations" when run).
+
+    `eval_options` are further keyword arguments of `evaluate` (substrate, target_mode, threshold, ...).
+    """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise VfmxaiError(f"--seeds: need at least one seed and no repeats, got {seeds}")
+    overrides = list(overrides or [])
+    out = Path(out)
+    device = device or default_device()
+    evaluation = {"method_options": method_options, "steps": steps, "batch_size": batch_size, **eval_options}
+    record = {
+        "preset": preset_name, "dataset": dataset, "root": None if root is None else str(root), "seeds": seed_list,
+        "ablations": ablations, "methods": methods if isinstance(methods, str) else list(methods),
+        "overrides": overrides, "evaluation": evaluation,
+    }
+    run_config(preset_name, dataset, root, seed_list[0], overrides)  # bad preset / override: fail before any work
+    atomic_write_json(out / "reproduce.json", json.loads(json.dumps(record, sort_keys=True, default=str)))
+
+    def trial(seed: int, folder: Path, extra: Sequence[str], trial_methods: str | Sequence[str]) -> Path:
+        config = run_config(preset_name, dataset, root, seed, [*overrides, *extra])
+        _say(progress, f"[reproduce] seed {seed}: {folder.relative_to(out)}")
+        _train_once(config, folder, progress)
+        return _evaluate_trial(folder, trial_methods, device, progress, evaluation)
+
+    eval_dirs = [trial(seed, out / f"seed{seed}", [], methods) for seed in seed_list]
+    result = aggregate(eval_dirs, out, seeds=seed_list, table_name="table2.md")
+    if not ablations:
+        return result
+    if "ala" not in result["methods"]:
+        raise VfmxaiError("--ablations compares ALA variants: 'ala' must be among --methods and run")
+    variant_dirs = {
+        name: [trial(seed, out / f"seed{seed}" / f"ablation_{name}", spec[4], ["ala"]) for seed in seed_list]
+        for name, spec in ABLATIONS.items()
+        if name != "full"
+    }
+    variant_dirs["full"] = eval_dirs
+    table4 = ablation_table(variant_dirs, seed_list)
+    atomic_write_json(out / "ablations.json", table4)
+    atomic_write_text(out / "table4.md", render_ablation_markdown(table4))
+    _aea_figure(variant_dirs["full"][0], variant_dirs["no_aea"][0], out / "aea_maps.png", out / f"seed{seed_list[0]}")
+    return {**result, "ablations": table4}
+
+
+def ablation_table(variant_dirs: Mapping[str, Sequence[Path]], seeds: Sequence[int]) -> dict[str, Any]:
+    """Table 4 as an aggregate: the `ala` entry of each variant's evaluations, rows in ABLATIONS' order,
+    p-values of each variant against the full model (over images, as `aggregate`)."""
+    runs, per_image = [], []
+    for k in range(len(seeds)):
+        run: dict[str, Any] | None = None
+        scores = {}
+        for name in (n for n in ABLATIONS if n in variant_dirs):
+            directory = Path(variant_dirs[name][k])
+            metrics = json.loads((directory / "metrics.json").read_text())
+            if run is None:
+                evaluation = {**metrics["config"]["evaluation"], "methods": ["ala"]}
+                run = {**metrics, "methods": {}, "missing_reasons": {}, "config": {"evaluation": evaluation, "run": {}}}
+            run["methods"][name] = metrics["methods"]["ala"]
+            run["config"]["run"][name] = metrics["config"]["run"]
+            scores[name] = per_image_scores(load_per_image(directory).methods["ala"])
+        runs.append(run)
+        per_image.append(scores)
+    result = aggregate_results(runs, per_image, reference="full", seeds=seeds)
+    result.pop("accuracy", None)
+    result.pop("accuracy_std", None)
+    return result
+
+
+def render_ablation_markdown(table: Mapping[str, Any]) -> str:
+    names = {name: spec[0] for name, spec in ABLATIONS.items()}
+    marks = [
+        (header, {name: "✓" if spec[i] else "" for name, spec in ABLATIONS.items()})
+        for header, i in (("AEA", 1), ("LoRA", 2), ("ALA", 3))
+    ]
+    body = render_table(
+        table["methods"], ("miou", "insertion", "deletion", "id"), table["p_values"] or None,
+        reference="full", leading=marks, names=names, first_header="Model",
+    )
+    seeds = len(table["seeds"])
+    return (
+        f"# Ablations (paper Table 4) — {table['dataset']} / {table['split']}, {table['n_images']} images, "
+        f"{seeds} seed(s), mean ± std over seeds\n\n{body}\n"
+        "(i) no lattice: ALA fed the last VFM state only; (ii) no LoRA: backbone frozen; (iii) no AEA; (iv) full.\n"
+        "p: two-sided Wilcoxon signed-rank test of per-image IoU against (iv), each image averaged over seeds.\n"
+    )
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _train_once(config: RunConfig, folder: Path, progress: bool) -> None:
+    """Train into folder/run unless folder/trained.json says it finished; continue an interrupted run."""
+    from vfmxai.training import train
+    from vfmxai.training.checkpoint import CONFIG, LAST
+
+    run_dir = folder / "run"
+    if (run_dir / CONFIG).is_file():
+        saved = RunConfig.load(run_dir / CONFIG)
+        ours = RunConfig.from_dict(config.to_dict())
+        ours.model.num_classes = saved.model.num_classes
+        difference = _first_difference(saved.to_dict(), ours.to_dict())
+        if difference:
+            raise VfmxaiError(
+                f"{run_dir}: holds a run trained with {difference}; choose another --out or delete {folder}"
+            )
+    if (folder / TRAINED).is_file():
+        return
+    train(config, run_dir, resume=(run_dir / LAST).is_file(), progress=progress)
+    atomic_write_json(folder / TRAINED, {"config": RunConfig.load(run_dir / CONFIG).to_dict()})
+
+
+def _first_difference(saved: Any, ours: Any, key: str = "") -> str | None:
+    if isinstance(saved, dict) and isinstance(ours, dict):
+        for name in sorted(set(saved) | set(ours)):
+            found = _first_difference(saved.get(name), ours.get(name), f"{key}.{name}" if key else name)
+            if found:
+                return found
+        return None
+    return None if saved == ours else f"{key}={json.dumps(saved)} (this call: {json.dumps(ours)})"
+
+
+def _evaluate_trial(
+    folder: Path, methods: str | Sequence[str], device: str, progress: bool, evaluation: Mapping[str, Any]
+) -> Path:
+    from vfmxai.training import load_run
+    from vfmxai.training.train import dataset_split
+
+    model, config, _ = load_run(folder / "run", device)
+    test = dataset_split(config, "test", config.backbone.image_size)
+    evaluate(
+        model, test, methods, folder / "eval", progress=progress, config=config.to_dict(),
+        dataset_name=config.data.dataset, split="test", **evaluation,
+    )
+    return folder / "eval"
+
+
+def _aea_figure(full_dir: Path, no_aea_dir: Path, path: Path, seed_folder: Path) -> None:
+    """Paper Fig. 5: the first test images with the full model's map and the no-AEA model's."""
+    from vfmxai.training.checkpoint import CONFIG
+    from vfmxai.training.train import dataset_split
+
+    with_aea = load_per_image(full_dir).grid_maps.get("ala")
+    without = load_per_image(no_aea_dir).grid_maps.get("ala")
+    if with_aea is None or without is None:
+        return
+    config = RunConfig.load(seed_folder / "run" / CONFIG)
+    test = dataset_split(config, "test", config.backbone.image_size)
+    n = min(len(with_aea), len(without))
+    images = torch.stack([test[i]["image"] for i in range(n)])
+    save_grid(images, [("with AEA", with_aea[:n]), ("without AEA", without[:n])], path)

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from run_fixtures import tiny_run_config
+
+from vfmxai.cli import main
+from vfmxai.training import train
+
+TINY = ["--backbone", "tiny", "--set", "backbone.image_size=32", "--set", "data.synth_size=32",
+        "--set", "data.n_train=8", "--set", "data.n_val=4", "--set", "train.epochs=1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    train(tiny_run_config(epochs=1), out, progress=False)
+    return out
+
+
+def _one_line_error(capsys, code, *words):
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and err.startswith("vfmxai: error:"), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, err
+
+
+def test_missing_dataset_folder(tmp_path, capsys):
+    code = main(["train", "--dataset", "folder", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
+    _one_line_error(capsys, code, str(tmp_path / "nowhere"))
+
+
+def test_unknown_preset(tmp_path, capsys):
+    code = main(["train", "--dataset", "synthetic", "--preset", "cubb", "--out", str(tmp_path / "r")])
+    _one_line_error(capsys, code, "unknown preset 'cubb'")
+
+
+def test_unknown_backbone(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    args = ["train", "--dataset", "synthetic", "--out", str(tmp_path / "r"), *TINY, "--backbone", "someone/vit-x"]
+    _one_line_error(capsys, main(args), "someone/vit-x", "--backbone")
+
+
+def test_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "imagenet"])
+    assert exit_info.value.code == 2
+
+
+def test_explain_writes_maps_at_the_original_size(run_dir, tmp_path, capsys):
+    picture = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    assert main(["explain", "--checkpoint", str(run_dir), "--method", "ala", "--out", str(out),
+                 str(tmp_path / "photo.png")]) == 0
+    raw = np.load(out / "photo.ala.npy")
+    assert raw.shape == (40, 50) and raw.dtype == np.float32 and 0 <= raw.min() and raw.max() <= 1
+    assert Image.open(out / "photo.ala.png").size == (50, 40)
+    prediction = json.loads((out / "predictions.json").read_text())["photo"]
+    assert prediction["class"] in range(6) and 0 < prediction["probability"] <= 1
+    assert prediction["class_name"] == (run_dir / "classes.txt").read_text().splitlines()[prediction["class"]]
+
+
+def test_explain_rejects_a_file_that_is_not_an_image(run_dir, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("this is text, not a picture")
+    code = main(["explain", "--checkpoint", str(run_dir), "--method", "ala", "--out", str(tmp_path / "o"),
+                 str(tmp_path / "notes.png")])
+    _one_line_error(capsys, code, "notes.png")
+
+
+def test_explain_rejects_an_unknown_method(run_dir, tmp_path, capsys):
+    code = main(["explain", "--checkpoint", str(run_dir), "--method", "ala,gradcamm", "--out", str(tmp_path / "o"),
+                 str(tmp_path)])
+    _one_line_error(capsys, code, "gradcamm")

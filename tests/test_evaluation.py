@@ -1,0 +1,301 @@
+"""The evaluation runner and `reproduce` on a tiny trained ALA run (synthetic set, 32 px, 8 test images).
+
+The explainer registry is replaced by two known methods: `ala` (the real adapter map, with a call
+counter) and `brightness` (map = the image's mean over channels: deterministic, differs per image),
+so the expected numbers can be computed here directly with `vfmxai.metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from run_fixtures import tiny_run_config
+from torch.utils.data import Subset
+
+import vfmxai.training
+from vfmxai.ala import build_model
+from vfmxai.classifier import LinearProbe
+from vfmxai.errors import VfmxaiError
+from vfmxai.evaluation import METHODS, METRICS, evaluate, evaluate_run, load_per_image, reproduce
+from vfmxai.explainers import base
+from vfmxai.explainers.ala import ALAExplainer
+from vfmxai.metrics import (
+    best_tau_iou,
+    dataset_iou,
+    energy_pointing_game,
+    insertion_deletion,
+    iou_counts,
+    iou_curve,
+    mean_iou,
+    pointing_game,
+)
+from vfmxai.training import train
+from vfmxai.training.checkpoint import WEIGHTS, save_weights, write_run_files
+from vfmxai.training.train import dataset_split
+from vfmxai.viz import grid_size
+
+STEPS = 4
+SIX_FILES = ("metrics.json", "timing.json", "metrics.csv", "table.md", "curves.png", "grid.png")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine two threads are far slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class Interrupted(Exception):
+    """Stands for a kill in the middle of an evaluation."""
+
+
+class CountingALA(ALAExplainer):
+    calls = 0
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        return super().attribute(images, targets)
+
+
+class Brightness(base.Explainer):
+    calls = 0
+    fail_at: int | None = None
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        if self.fail_at is not None and type(self).calls >= self.fail_at:
+            raise Interrupted
+        return images.mean(dim=1)
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    CountingALA.name, Brightness.name = "ala", "brightness"
+    CountingALA.calls = Brightness.calls = 0
+    Brightness.fail_at = None
+    monkeypatch.setattr(base, "_REGISTRY", {"ala": CountingALA, "brightness": Brightness})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    torch.set_num_threads(1)
+    config = tiny_run_config(epochs=1)
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    model = train(config, run_dir, progress=False)
+    return model, config, dataset_split(config, "test", config.backbone.image_size), run_dir
+
+
+def _evaluate(model, dataset, out: Path, **kw):
+    options = {"steps": STEPS, "batch_size": 3, "progress": False, "dataset_name": "synthetic", "split": "test"}
+    return evaluate(model, dataset, kw.pop("methods", ["ala", "brightness"]), out, **{**options, **kw})
+
+
+def test_evaluate_writes_design_outputs_with_the_right_numbers(run, registry, tmp_path: Path) -> None:
+    model, config, dataset, _ = run
+    metrics = _evaluate(model, dataset, tmp_path, methods="all", config=config.to_dict())
+
+    for name in SIX_FILES:
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert {"dataset", "split", "n_images", "config", "methods", "accuracy", "missing"} <= set(metrics)
+    assert (metrics["dataset"], metrics["split"], metrics["n_images"]) == ("synthetic", "test", 8)
+    assert list(metrics["methods"]) == ["ala", "brightness"]
+    assert all(set(row) == set(METRICS) for row in metrics["methods"].values())
+    assert metrics["missing"] == [m for m in METHODS if m != "ala"]
+    assert metrics["config"]["run"] == json.loads(json.dumps(config.to_dict()))
+    assert metrics["config"]["evaluation"]["steps"] == STEPS
+
+    samples = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([s["image"] for s in samples])
+    masks = torch.stack([s["mask"] for s in samples])
+    labels = torch.tensor([s["label"] for s in samples])
+    maps = Brightness(model)(images, labels)
+    got = metrics["methods"]["brightness"]
+    curves = iou_curve(maps, masks)
+    insdel = insertion_deletion(model, images, maps, labels, steps=STEPS)
+    expected = {
+        "miou": mean_iou(maps, masks).double().mean(),
+        "miou_dataset": dataset_iou(*iou_counts(maps, masks)),
+        "miou_best_tau": best_tau_iou(curves)[0],
+        "pointing_game": pointing_game(maps, masks).double().mean(),
+        "energy_pg": energy_pointing_game(maps, masks).double().mean(),
+        "insertion": insdel.insertion.double().mean(),
+        "deletion": insdel.deletion.double().mean(),
+        "id": insdel.id_score.double().mean(),
+    }
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(float(value), abs=2e-6), key
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).double().mean()
+    assert metrics["accuracy"] == pytest.approx(float(accuracy), abs=1e-6)
+
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert set(timing["seconds_per_image"]) == {"ala", "brightness"}
+    assert all(v > 0 for v in timing["seconds_per_image"].values())
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == ["method", *METRICS]
+    assert csv_lines[2].split(",")[1] == repr(got["miou"])
+    table = (tmp_path / "table.md").read_text()
+    assert "| brightness |" in table
+    assert f"{got['insertion']:.3f}" in table.split("| brightness |")[1].splitlines()[0]
+    assert "Missing: rise" in table
+    assert len((tmp_path / "per_image.csv").read_text().splitlines()) == 1 + 2 * 8
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size[::-1] == grid_size(rows=4, columns=3)
+    per_image = load_per_image(tmp_path)
+    assert per_image.ids == [s["id"] for s in samples]
+    np.testing.assert_allclose(per_image.methods["brightness"]["insertion_curve"], insdel.insertion_curve, atol=1e-5)
+
+
+def test_interrupted_evaluation_resumes_without_recomputing(run, registry, tmp_path: Path) -> None:
+    model, _, dataset, _ = run  # 8 images in batches of 3: starts 0, 3, 6
+    _evaluate(model, dataset, tmp_path / "a")
+    assert (CountingALA.calls, Brightness.calls) == (3, 3)
+    _evaluate(model, dataset, tmp_path / "c")
+    reference = (tmp_path / "a" / "metrics.json").read_bytes()
+    assert (tmp_path / "c" / "metrics.json").read_bytes() == reference  # same inputs, same bytes
+
+    CountingALA.calls = Brightness.calls = 0
+    Brightness.fail_at = 2  # killed while explaining the second batch with `brightness`
+    with pytest.raises(Interrupted):
+        _evaluate(model, dataset, tmp_path / "b")
+    stored = tmp_path / "b" / "per_image"
+    assert len(list((stored / "ala").glob("*.safetensors"))) == 2
+    assert len(list((stored / "brightness").glob("*.safetensors"))) == 1
+    assert not (tmp_path / "b" / "metrics.json").exists()
+
+    CountingALA.calls = Brightness.calls = 0
+    Brightness.fail_at = None
+    _evaluate(model, dataset, tmp_path / "b")
+    assert (CountingALA.calls, Brightness.calls) == (1, 2)  # only the unfinished (method, batch) pairs
+    assert (tmp_path / "b" / "metrics.json").read_bytes() == reference
+
+    CountingALA.calls = Brightness.calls = 0
+    _evaluate(model, dataset, tmp_path / "b")
+    assert (CountingALA.calls, Brightness.calls) == (0, 0)
+    assert (tmp_path / "b" / "metrics.json").read_bytes() == reference
+
+
+def test_other_settings_in_the_same_folder_are_refused(run, registry, tmp_path: Path) -> None:
+    model, _, dataset, _ = run
+    subset = Subset(dataset, [0, 1])
+    _evaluate(model, subset, tmp_path, methods=["brightness"])
+    with pytest.raises(VfmxaiError, match="steps=4"):
+        _evaluate(model, subset, tmp_path, methods=["brightness"], steps=5)
+    with pytest.raises(VfmxaiError, match="brightness"):
+        _evaluate(model, subset, tmp_path, methods=["brightness"], method_options={"brightness": {"x": 1}})
+
+
+def test_linear_probe_reports_ala_inapplicable(run, registry, tmp_path: Path) -> None:
+    model, _, dataset, _ = run
+    probe = LinearProbe(model.backbone, dataset.num_classes).eval()
+    metrics = _evaluate(probe, Subset(dataset, [0, 1, 2]), tmp_path)
+    assert list(metrics["methods"]) == ["brightness"]
+    assert metrics["missing"] == ["ala"]
+    assert "not an ALA model" in metrics["missing_reasons"]["ala"]
+    assert CountingALA.calls == 0
+
+
+def test_evaluate_run_loads_the_run_folder(run, registry, tmp_path: Path) -> None:
+    model, config, dataset, run_dir = run
+    metrics = evaluate_run(run_dir, "synthetic", None, "test", "brightness", tmp_path, steps=STEPS, progress=False)
+    direct = _evaluate(model, dataset, tmp_path / "direct", methods=["brightness"], config=config)
+    assert metrics["methods"] == direct["methods"] and metrics["accuracy"] == direct["accuracy"]
+    assert metrics["config"]["run"]["data"]["n_test"] == 8
+
+
+def test_bad_methods_and_missing_masks_are_user_errors(run, registry, tmp_path: Path) -> None:
+    model, _, dataset, _ = run
+    with pytest.raises(VfmxaiError, match="unknown method.*gradkam"):
+        _evaluate(model, dataset, tmp_path, methods="ala,gradkam")
+
+    class NoMask(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> dict:
+            return {**dataset[i], "has_mask": i == 0}
+
+    with pytest.raises(VfmxaiError, match="test-00001.*no object mask"):
+        _evaluate(model, NoMask(), tmp_path / "nomask", methods=["brightness"])
+
+
+TINY = [
+    "backbone.name=tiny", "backbone.image_size=32", "backbone.lora_rank=4", "model.patch_size=8", "model.dim=16",
+    "model.depth=2", "model.heads=2", "model.n_inject=2", "model.map_channels=8", "model.pb_channels=16",
+    "data.n_train=16", "data.n_val=8", "data.n_test=6", "data.synth_size=32", "data.seed=3",
+    "train.epochs=1", "train.batch_size=8", "train.lr=0.01", "train.patience=0",
+]
+
+
+def test_reproduce_trains_each_seed_and_variant_once_and_aggregates(
+    registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple] = []
+
+    def fake_train(config, out, resume=False, progress=True, callbacks=None):
+        """An untrained model in a real run folder: `reproduce` only orchestrates training."""
+        calls.append((config.train.seed, config.data.seed, config.model.lattice, config.backbone.lora,
+                      config.train.aea))
+        split = dataset_split(config, "train", config.backbone.image_size)
+        config.model.num_classes = split.num_classes
+        torch.manual_seed(config.train.seed)
+        model = build_model(config).eval()
+        write_run_files(Path(out), config, split.class_names)
+        save_weights(model, Path(out) / WEIGHTS)
+        return model
+
+    monkeypatch.setattr(vfmxai.training, "train", fake_train)
+    result = reproduce("toy", "synthetic", None, 2, tmp_path, ablations=True, methods=["brightness", "ala"],
+                       overrides=TINY, progress=False, steps=STEPS, batch_size=4)
+
+    assert sorted(calls) == sorted(
+        (seed, 3, lattice, lora, aea)
+        for seed in (0, 1)
+        for lattice, lora, aea in ((True, True, True), (False, True, True), (True, False, True), (True, True, False))
+    )
+    for name in ("metrics.json", "metrics.csv", "table2.md", "ablations.json", "table4.md", "aea_maps.png"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["seeds"] == [0, 1] and result["seeds"] == [0, 1]
+    per_seed = [json.loads((tmp_path / f"seed{k}" / "eval" / "metrics.json").read_text()) for k in (0, 1)]
+    for method in ("ala", "brightness"):
+        values = [m["methods"][method]["miou"] for m in per_seed]
+        assert saved["methods"][method]["miou"] == pytest.approx(np.mean(values), abs=1e-6)
+        assert saved["methods"][method]["miou_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert set(saved["p_values"]) == {"brightness"}
+    assert "p vs ALA (ours) (mIoU)" in (tmp_path / "table2.md").read_text()
+    table4 = (tmp_path / "table4.md").read_text()
+    assert [line.split("|")[1].strip() for line in table4.splitlines() if line.startswith("| (")] == [
+        "(i)", "(ii)", "(iii)", "(iv)"
+    ]
+    full = result["ablations"]["methods"]["full"]
+    assert full["miou"] == saved["methods"]["ala"]["miou"]
+    with Image.open(tmp_path / "aea_maps.png") as figure:
+        assert figure.size[::-1] == grid_size(rows=4, columns=3)
+
+    calls.clear()
+    CountingALA.calls = Brightness.calls = 0
+    again = reproduce("toy", "synthetic", None, 2, tmp_path, ablations=True, methods=["brightness", "ala"],
+                      overrides=TINY, progress=False, steps=STEPS, batch_size=4)
+    assert calls == [] and (CountingALA.calls, Brightness.calls) == (0, 0)
+    assert again == result
+    with pytest.raises(VfmxaiError, match="train.lr"):
+        reproduce("toy", "synthetic", None, 1, tmp_path, methods=["ala"], overrides=[*TINY, "train.lr=0.5"],
+                  progress=False, steps=STEPS, batch_size=4)
+
+
+def test_reproduce_with_real_training(registry, tmp_path: Path) -> None:
+    result = reproduce("toy", "synthetic", None, [5], tmp_path, methods=["ala"], overrides=TINY, progress=False,
+                       steps=STEPS, batch_size=6)
+    config = json.loads((tmp_path / "seed5" / "run" / "config.json").read_text())
+    assert (config["train"]["seed"], config["data"]["seed"]) == (5, 3)
+    assert (tmp_path / "seed5" / "trained.json").is_file()
+    assert result["n_images"] == 6 and result["methods"]["ala"]["miou_std"] == 0.0
