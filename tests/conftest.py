@@ -6,4 +6,5 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _threads() -> None:
-    torch.set_num_threads(2)
+    """One thread: the tests' models are tiny, and thread hand-offs cost more than they save."""
+    torch.set_num_threads(1)

@@ -17,6 +17,7 @@
 - `evidence_auc(maps, masks)`: per image, the probability that a pixel inside the evidence outranks one
   outside (ROC AUC; 0.5 = chance, 1 = every evidence pixel above every other pixel).
 - `mass_inside(maps, masks)`: each map's share of its mass inside the mask (chance = the mask's area, 1/4).
+- `hook_snapshot(model)`: every hook on every module, to show an explainer leaves none behind.
 - `randomization_check(method, classifier, images)`: the model-randomisation sanity check (Adebayo et al.
   2018): mean Spearman rank correlation between a method's maps before and after re-initialising the head
   and the last blocks. A method that explains the model gives a low number; one that only reflects the
@@ -103,32 +104,41 @@ class PatchMeanProbe(Classifier):
         return self.head(self.norm(last[:, self.backbone.num_prefix_tokens :].mean(dim=1)))
 
 
-@functools.cache
-def planted_classifier(seed: int = 0, steps: int = 100, head: str = "class_token") -> Classifier:
+def planted_classifier(seed: int = 0, steps: int = 60, head: str = "class_token") -> Classifier:
     """A classifier (tiny backbone, all weights trained) of `planted_images` by the coloured square.
 
     `head="class_token"`: a `LinearProbe`; `head="patch_mean"`: a `PatchMeanProbe`.
     Cached: every test in the process shares one trained model. Do not modify it in place; deep-copy first.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        backbone = load_backbone("tiny", seed=seed)
-        model = LinearProbe(backbone, 2) if head == "class_token" else PatchMeanProbe(backbone, 2)
-    with torch.no_grad():
-        model.head.weight[1] = -model.head.weight[0]
-        model.head.bias[1] = -model.head.bias[0]
-    model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    for step in range(steps):
-        batch_seed = 10_000 * (seed + 1) + step
-        images, labels, _ = planted_images(64, seed=batch_seed)
-        empty_images, _, _ = planted_images(16, seed=batch_seed, with_object=False)
-        images = torch.cat([images, empty_images])
-        targets = torch.cat([nn.functional.one_hot(labels, 2).float(), torch.full((16, 2), 0.5)])
-        loss = nn.functional.cross_entropy(model(images), targets)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    return _train_planted(seed, steps, head)
+
+
+@functools.cache
+def _train_planted(seed: int, steps: int, head: str) -> Classifier:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a loaded 2-core machine, 2 intra-op threads make this 30x slower
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = load_backbone("tiny", seed=seed)
+            model = LinearProbe(backbone, 2) if head == "class_token" else PatchMeanProbe(backbone, 2)
+        with torch.no_grad():
+            model.head.weight[1] = -model.head.weight[0]
+            model.head.bias[1] = -model.head.bias[0]
+        model.train()
+        optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+        for step in range(steps):
+            batch_seed = 10_000 * (seed + 1) + step
+            images, labels, _ = planted_images(64, seed=batch_seed)
+            empty_images, _, _ = planted_images(16, seed=batch_seed, with_object=False)
+            images = torch.cat([images, empty_images])
+            targets = torch.cat([nn.functional.one_hot(labels, 2).float(), torch.full((16, 2), 0.5)])
+            loss = nn.functional.cross_entropy(model(images), targets)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval().requires_grad_(False)
 
 
@@ -180,3 +190,12 @@ def randomization_check(method: str, classifier: Classifier, images: Tensor, n_b
     pairs = zip(before.flatten(1).numpy(), after.flatten(1).numpy(), strict=True)
     rhos = [spearmanr(a, b).statistic for a, b in pairs]
     return float(np.nan_to_num(np.asarray(rhos, dtype=float), nan=0.0).mean())
+
+
+def hook_snapshot(model: nn.Module) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """The ids of every forward, forward-pre, backward and backward-pre hook on every module of `model`.
+
+    transformers installs its own output-recording forward hooks on a model's first forward and keeps
+    them, so "no hooks left" means: the same hooks as before the explainer, taken after one forward."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return {name: tuple(tuple(getattr(m, k)) for k in kinds) for name, m in model.named_modules()}

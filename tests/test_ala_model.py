@@ -79,6 +79,7 @@ def test_checkpoint_holds_only_trainable_weights_and_reloads_identically(tmp_pat
 
 
 def test_full_size_clip_b16_at_384_trains_one_step_and_explains():
+    torch.set_num_threads(2)
     config = preset("cub")
     config.backbone.name = "clip-vit-b16"
     config.model.num_classes = 200

@@ -75,3 +75,14 @@ def test_explain_rejects_an_unknown_method(run_dir, tmp_path, capsys):
     code = main(["explain", "--checkpoint", str(run_dir), "--method", "ala,gradcamm", "--out", str(tmp_path / "o"),
                  str(tmp_path)])
     _one_line_error(capsys, code, "gradcamm")
+
+
+def test_explain_daam_per_block_figure(run_dir, tmp_path):
+    from vfmxai.viz import grid_size
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "dark.png")
+    out = tmp_path / "out"
+    assert main(["explain", "--checkpoint", str(run_dir), "--method", "daam", "--per-block", "--out", str(out),
+                 str(tmp_path / "dark.png")]) == 0
+    height, width = grid_size(1, 1 + 4)
+    assert Image.open(out / "dark.daam.blocks.png").size == (width, height)

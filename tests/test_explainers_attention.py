@@ -6,18 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-import vfmxai.explainers.attention as attention_mod
-import vfmxai.explainers.daam  # noqa: F401  (registers daam)
-import vfmxai.explainers.lrp  # noqa: F401  (registers lrp)
-from tests.explainer_fixtures import (
+from explainer_fixtures import (
     mass_inside,
     planted_classifier,
     planted_images,
     randomization_check,
     tiny_probe,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import vfmxai.explainers.attention as attention_mod
+import vfmxai.explainers.daam  # noqa: F401  (registers daam)
+import vfmxai.explainers.lrp  # noqa: F401  (registers lrp)
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers import get
 from vfmxai.explainers.attention import gradient_rollout, record_attention, rollout_matrix

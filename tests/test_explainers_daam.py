@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tests.explainer_fixtures import (
+from explainer_fixtures import (
     mass_inside,
     planted_classifier,
     planted_images,
     randomization_check,
     tiny_probe,
 )
+
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers import get
 from vfmxai.explainers.daam import DAAM, EmbeddingScore

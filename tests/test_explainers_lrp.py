@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-import vfmxai.explainers.lrp as lrp_mod
-from tests.explainer_fixtures import (
+from explainer_fixtures import (
     mass_inside,
     planted_classifier,
     planted_images,
     randomization_check,
     tiny_probe,
 )
+from torch import nn
+
+import vfmxai.explainers.lrp as lrp_mod
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers import get
 

@@ -69,7 +69,8 @@ def test_aea_odd_epochs_train_everything_even_epochs_freeze_the_adapter(tmp_path
         start, end = recorder.start[epoch], recorder.end[epoch]
         assert _changed(start["adapter"], end["adapter"]) and _changed(start["perception"], end["perception"])
         assert _changed(start["lora"], end["lora"])
-        assert not any(torch.equal(x, g) for x, g in zip(recorder.pb_inputs[epoch], recorder.last_grids[epoch], strict=True))
+        pairs = zip(recorder.pb_inputs[epoch], recorder.last_grids[epoch], strict=True)
+        assert not any(torch.equal(x, g) for x, g in pairs)
     start, end = recorder.start[2], recorder.end[2]
     assert not _changed(start["adapter"], end["adapter"]), "an ALA parameter moved in an even epoch"
     assert _changed(start["perception"], end["perception"]) and _changed(start["lora"], end["lora"])

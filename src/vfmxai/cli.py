@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, type=Path)
     explain.add_argument("--batch-size", default=8, type=int)
     explain.add_argument("--device", default="cpu")
+    explain.add_argument("--per-block", action="store_true", help="with daam: the map accumulated block by block")
     explain.add_argument("inputs", nargs="+")
 
     evaluate = sub.add_parser("evaluate", help="every method x a dataset split x every metric -> metrics.json")
@@ -120,7 +121,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "explain":
         from vfmxai.explain import explain_files
 
-        predictions = explain_files(args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device)
+        predictions = explain_files(
+            args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device, args.per_block
+        )
         print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
         return 0
     if args.command == "evaluate":

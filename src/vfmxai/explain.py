@@ -2,6 +2,10 @@
 
 Images of any size are resized to the model's square input (as the paper resizes to 384×384); each
 map is resized back to the original height and width, so the `.npy` is H×W of the file on disk.
+Memory stays near the decoded file's size: a large 8-bit RGB or gray image is area-averaged in PIL to
+at most 8× the input side before it becomes float (`model_input`), and the overlay is drawn a block of
+rows at a time. An image smaller than the input (even smaller than one patch) is upsampled to it like
+any other.
 """
 
 from __future__ import annotations
@@ -11,16 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vfmxai import explainers
-from vfmxai.data import load_image
+from vfmxai.data.images import open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text
-from vfmxai.maps import resize_maps
+from vfmxai.maps import normalize_maps, resize_maps
 from vfmxai.training.checkpoint import load_run
-from vfmxai.viz.overlay import save_overlay
+from vfmxai.viz.grid import save_grid
+from vfmxai.viz.overlay import overlay, save_png
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _save_block_figures(model, batch: torch.Tensor, targets: torch.Tensor, paths: list[Path], out: Path) -> None:
+    with explainers.get("daam", model) as daam:
+        _, accumulated = daam.explain_blocks(batch, targets)
+    accumulated = accumulated.detach().cpu()
+    for i, path in enumerate(paths):
+        columns = [(f"1..{b + 1}", normalize_maps(accumulated[i : i + 1, b])) for b in range(accumulated.shape[1])]
+        save_grid(batch[i : i + 1].cpu(), columns, out / f"{path.stem}.daam.blocks.png")
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -49,10 +64,40 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
-def _resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+OVERLAY_ROWS = 256
+"""Rows of the overlay drawn at once: the float picture and colour map of a whole 8000×8000 photo take GBs."""
+
+
+PREFILTER = 8
+"""A large 8-bit image is area-averaged to at most PREFILTER × the input side before the float resize."""
+
+
+def model_input(im: Image.Image, size: int) -> torch.Tensor:
+    """Decoded image -> (3, size, size) float in [0, 1]: `to_rgb_array`, then bilinear antialiased resize.
+
+    An 8-bit RGB or gray image without transparency with a side over PREFILTER × size is first
+    area-averaged in PIL (`Image.BOX`, exact geometry) to at most that many pixels per side, so no
+    full-size float copy is made. Measured against the direct float resize on noisy test images the
+    input changes by <= 0.002 on average (uint8 rounding of the intermediate) and < 0.01 at most.
+    """
+    limit = PREFILTER * size
+    if (im.width > limit or im.height > limit) and im.mode in ("RGB", "L") and "transparency" not in im.info:
+        im = im.resize((min(im.width, limit), min(im.height, limit)), Image.Resampling.BOX)
+    image = torch.from_numpy(to_rgb_array(im)).permute(2, 0, 1)
     return torch.nn.functional.interpolate(
         image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )[0].clamp(0, 1)
+
+
+def save_overlay_by_rows(im: Image.Image, heat: np.ndarray, path: Path) -> None:
+    """`viz.overlay` of the decoded image and its full-size map, computed `OVERLAY_ROWS` rows at a time."""
+    height, width = heat.shape
+    picture = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, OVERLAY_ROWS):
+        bottom = min(top + OVERLAY_ROWS, height)
+        strip = torch.from_numpy(to_rgb_array(im.crop((0, top, width, bottom)))).permute(2, 0, 1)
+        picture[top:bottom] = overlay(strip, torch.from_numpy(heat[top:bottom]))
+    save_png(picture, path)
 
 
 def explain_files(
@@ -62,20 +107,28 @@ def explain_files(
     out: str | Path,
     batch_size: int = 8,
     device: str = "cpu",
+    per_block: bool = False,
 ) -> dict[str, dict]:
-    """Explain every image with every method; returns and writes `predictions.json` (class, probability)."""
+    """Explain every image with every method; returns and writes `predictions.json` (class, probability).
+
+    `per_block` (with method `daam`) also writes `<name>.daam.blocks.png`: the DAAM map accumulated over
+    blocks 1..b for every b, left to right, each column scaled to [0, 1] for display.
+    """
+    if per_block and "daam" not in methods:
+        raise VfmxaiError("--per-block draws DAAM's block-by-block maps: add daam to --method")
     model, config, class_names = load_run(run_dir, device)
     unknown = [m for m in methods if m not in explainers.available()]
     if unknown:
-        raise VfmxaiError(f"--method: unknown method(s) {', '.join(unknown)} (available: {', '.join(explainers.available())})")
+        known = ", ".join(explainers.available())
+        raise VfmxaiError(f"--method: unknown method(s) {', '.join(unknown)} (available: {known})")
     paths = collect_images(inputs)
     out = Path(out)
     size = config.backbone.image_size
     predictions: dict[str, dict] = {}
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        originals = [load_image(p) for p in chunk]
-        batch = torch.stack([_resize_image(img, size) for img in originals]).to(device)
+        decoded = [open_image(p) for p in chunk]
+        batch = torch.stack([model_input(im, size) for im in decoded]).to(device)
         with torch.no_grad():
             probs = model(batch).softmax(dim=1)
         predicted = probs.argmax(dim=1)
@@ -84,9 +137,11 @@ def explain_files(
         for method in methods:
             with explainers.get(method, model) as explainer:
                 maps = explainer(batch, predicted).cpu()
-            for path, image, heat in zip(chunk, originals, maps, strict=True):
-                full = resize_maps(heat[None], tuple(image.shape[-2:]))[0].numpy().astype(np.float32)
+            for path, im, heat in zip(chunk, decoded, maps, strict=True):
+                full = resize_maps(heat[None].float(), (im.height, im.width))[0].numpy()
                 atomic_write(out / f"{path.stem}.{method}.npy", lambda tmp, a=full: save_npy(tmp, a))
-                save_overlay(image, torch.from_numpy(full), out / f"{path.stem}.{method}.png")
+                save_overlay_by_rows(im, full, out / f"{path.stem}.{method}.png")
+        if per_block:
+            _save_block_figures(model, batch, predicted, chunk, out)
     atomic_write_text(out / "predictions.json", json.dumps(predictions, indent=2, sort_keys=True) + "\n")
     return predictions

@@ -62,15 +62,19 @@ def inject_indices(config: ALAConfig, num_blocks: int) -> list[int]:
 
 
 class ConvHead(nn.Module):
-    """conv3x3 → GELU → global average pooling → FC: the shape of f2 and of the perception branch."""
+    """conv3x3 → GELU → global average pooling → FC: the shape of f2 and of the perception branch.
+
+    Activations are modules (not `F.gelu`) throughout the adapter, so methods that rewrite activation
+    gradients (guided backpropagation) reach them."""
 
     def __init__(self, in_channels: int, channels: int, num_classes: int):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1)
+        self.act = nn.GELU()
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, grid: Tensor) -> Tensor:
-        return self.fc(F.gelu(self.conv(grid)).mean(dim=(2, 3)))
+        return self.fc(self.act(self.conv(grid)).mean(dim=(2, 3)))
 
 
 class ALAFormer(nn.Module):
@@ -93,7 +97,7 @@ class ALAFormer(nn.Module):
                 config.heads,
                 int(config.dim * config.mlp_ratio),
                 dropout=0.0,
-                activation="gelu",
+                activation=nn.GELU(),
                 batch_first=True,
                 norm_first=True,
             )

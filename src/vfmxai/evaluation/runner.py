@@ -9,6 +9,11 @@ and scored in insertion/deletion; with "predicted" the model's prediction is, fo
 class the perturbation metrics score keeps the two consistent.
 Each (method, batch) result is written as it finishes (see `store`); a rerun with the same arguments
 skips every finished (method, batch) and never decodes a batch whose results all exist.
+With `shard=(rank, world)` only the batches whose index i has i % world == rank are computed and nothing
+is collected or written beyond their per-image files; a later call without `shard` (the merge, see
+`evaluation.sharding`) finds every batch done and writes the same files a single process would.
+LoRA is folded into the backbone's weights while the model runs (`merged_lora`): the same function,
+without the low-rank branch's extra cost on every pass.
 
 Output folder (DESIGN §6): metrics.json, timing.json, metrics.csv, table.md, curves.png, grid.png, plus
 per_image.csv (one row per image and method) and per_image/ (the resumable raw results).
@@ -18,6 +23,7 @@ Evaluation runs in fp32 (no autocast) with the model in eval mode: the scores ar
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -34,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vfmxai import explainers
+from vfmxai.backbones.lora import merged_lora
 from vfmxai.classifier import Classifier
 from vfmxai.data import collate
 from vfmxai.errors import VfmxaiError
@@ -118,14 +125,18 @@ def evaluate(
     config: Mapping[str, Any] | None = None,
     dataset_name: str = "",
     split: str = "test",
-) -> dict[str, Any]:
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any] | None:
     """Evaluate `methods` on every image of `dataset` (samples as `vfmxai.data`), write `out`, return metrics.json.
 
     The model runs where its parameters are; `config` (the run's RunConfig, or any JSON-able dict) is recorded in
     metrics.json. `method_options` ({method: {option: value}}, JSON-serialisable) go to the explainers
     and are recorded too. `perturb_batch_size`: perturbed images per model call in insertion/deletion.
+    `shard=(rank, world)`: compute this shard's batches only and return None (module docstring).
     """
     options = _check_args(methods, method_options, steps, substrate, target_mode, threshold, batch_size, n_grid)
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise VfmxaiError(f"--shard {shard}: expected RANK/WORLD with 0 <= RANK < WORLD")
     if hasattr(config, "to_dict"):
         config = config.to_dict()
     n_images = len(dataset)
@@ -155,14 +166,19 @@ def evaluate(
     store.check_manifest(settings, model_fingerprint(model), {m: options.get(m, {}) for m in names})
 
     starts = batch_starts(n_images, batch_size)
+    mine = starts if shard is None else starts[shard[0] :: shard[1]]
     records: dict[str, dict[int, BatchRecord]] = {m: {} for m in [PREDICTIONS, *names]}
     for method, by_start in records.items():
-        for start in starts:
+        for start in mine:
             record = store.load(method, start)
             if record is not None:
                 by_start[start] = record
-    pending = [s for s in starts if any(s not in by_start for by_start in records.values())]
-    bars = _Progress(names, n_images, {m: _done(records[m]) for m in names}, enabled=progress)
+    pending = [s for s in mine if any(s not in by_start for by_start in records.values())]
+    if shard is not None and pending:
+        for stale in ("curves.png", "grid.png"):  # drawn from older results: the merge redraws them
+            (out / stale).unlink(missing_ok=True)
+    n_mine = sum(min(s + batch_size, n_images) - s for s in mine)
+    bars = _Progress(names, n_mine, {m: _done(records[m]) for m in names}, enabled=progress)
     bars.refresh({m: records[m] for m in names})
     loader = DataLoader(
         dataset,
@@ -170,7 +186,7 @@ def evaluate(
         collate_fn=collate,
         num_workers=num_workers,
     )
-    try:
+    with merged_lora(model), contextlib.closing(bars):
         for start, batch in zip(pending, loader, strict=True):
             images, masks, labels = _batch_tensors(batch, device, dataset_name, split)
             if start not in records[PREDICTIONS]:
@@ -189,8 +205,8 @@ def evaluate(
                 store.save(method, start, record)
                 records[method][start] = record
                 bars.update(method, len(batch["id"]), records[method])
-    finally:
-        bars.close()
+    if shard is not None:
+        return None
 
     results = collect(records, starts)
     metrics = _metrics_json(results, names, missing, settings, options, config)

@@ -3,8 +3,10 @@
 `Explainer(classifier, **options)(images, targets) -> maps (B, H, W)` in [0, 1] at the input size.
 A method subclasses `Explainer` and fills in one hook, `attribute(images, targets) -> raw (B, h, w)`
 at any resolution; the base validates the input, picks the predicted class when `targets` is None,
-rejects non-finite maps, upsamples bilinearly and min-max normalises per image. Forward/backward
-hooks are registered through `self.hook(...)` and released by `close()` / leaving the `with` block.
+rejects non-finite maps (VfmxaiError naming the method and the image indices), upsamples bilinearly
+and min-max normalises per image; a constant or all-zero map, which ranks no pixel above another,
+becomes all zeros. Forward/backward hooks are registered through `self.hook(...)` and released by
+`close()` / leaving the `with` block.
 """
 
 from __future__ import annotations

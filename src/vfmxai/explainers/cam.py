@@ -77,8 +77,10 @@ def _patch_maps(method: str, classifier: Classifier, tokens: Tensor, image_hw: t
 class GradCAM(Explainer):
     """Grad-CAM (Selvaraju et al. 2017) on the patch tokens of h^(layer).
 
-    S = the target class's logit (not its probability: the softmax couples classes). Per image,
-    w_c = mean over patch tokens of dS/dA_c, CAM = ReLU(sum_c w_c A_c) on the patch grid.
+    S = the target class's logit (Selvaraju et al.'s y^c before the softmax; its probability would couple
+    the classes). Per image, w_c = mean over patch tokens of dS/dA_c, CAM = ReLU(sum_c w_c A_c) on the
+    patch grid. With few classes, note that the logit's class-common part (which the softmax ignores)
+    is explained too.
 
     `layer=None` (default): h^(k) when its patch tokens reach the score (the ALA perception branch
     reads them), else h^(k-1). A class-token head (`LinearProbe`) reads h^(k)'s class token only, so
@@ -91,6 +93,7 @@ class GradCAM(Explainer):
     def __init__(self, classifier: Classifier, layer: int | None = None):
         super().__init__(classifier)
         k = _check_classifier("gradcam", classifier)
+        self.explicit_layer = layer is not None
         self.layers = [k, k - 1] if layer is None else [_resolve_layer("gradcam", layer, k)]
         self.last_layer: int | None = None
         self._taps = _HiddenStateTaps(self, self.layers)
@@ -103,11 +106,14 @@ class GradCAM(Explainer):
             acts = [states[i] for i in self.layers]
             grads = torch.autograd.grad(score, acts, allow_unused=True)
         prefix = self.classifier.backbone.num_prefix_tokens
-        chosen = len(self.layers) - 1
-        for j, grad in enumerate(grads):
-            if grad is not None and grad[:, prefix:].abs().amax() > 0:
-                chosen = j
-                break
+        reaching = [g is not None and bool(g[:, prefix:].abs().amax() > 0) for g in grads]
+        if self.explicit_layer and not reaching[0]:
+            raise VfmxaiError(
+                f"method 'gradcam': option layer={self.layers[0]}: the patch tokens of h^({self.layers[0]}) "
+                "get no gradient from the score (a class-token head reads only h^(k)'s class token); "
+                "choose an earlier layer or leave the option unset"
+            )
+        chosen = reaching.index(True) if any(reaching) else len(self.layers) - 1
         self.last_layer = self.layers[chosen]
         grad = grads[chosen] if grads[chosen] is not None else torch.zeros_like(acts[chosen])
         a = _patch_maps(self.name, self.classifier, acts[chosen].detach(), tuple(images.shape[-2:]))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import activations as hf_activations
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers.base import Explainer, register
@@ -141,14 +142,12 @@ class IntegratedGradients(Explainer):
 def _activation_types() -> tuple[type[nn.Module], ...]:
     """Element-wise rectifier-like activations (f(x) ~ x for x >> 0, ~ 0 for x << 0) the guided rule applies to."""
     types: list[type[nn.Module]] = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish]
-    from transformers import activations
-
     names = (
         "QuickGELUActivation", "GELUActivation", "NewGELUActivation", "FastGELUActivation",
         "AccurateGELUActivation", "ClippedGELUActivation", "GELUTanh", "PytorchGELUTanh",
         "SiLUActivation", "MishActivation", "ReLUSquaredActivation",
     )  # fmt: skip
-    types += [getattr(activations, n) for n in names if isinstance(getattr(activations, n, None), type)]
+    types += [getattr(hf_activations, n) for n in names if isinstance(getattr(hf_activations, n, None), type)]
     return tuple(types)
 
 

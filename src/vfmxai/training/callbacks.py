@@ -89,3 +89,15 @@ class ResumeCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp))
+
+
+class InterruptWatch(L.Callback):
+    """Remembers the exception that stopped `fit`. Lightning turns Ctrl-C into `sys.exit(1)` (leaving
+    SIGINT ignored) and SIGTERM into a `SystemExit` with status 0; `train` looks here to raise both as
+    `TrainingInterrupted` instead."""
+
+    def __init__(self) -> None:
+        self.exception: BaseException | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.exception = exception

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,14 +14,21 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vfmxai.ala import ALAModel, build_model
 from vfmxai.config import RunConfig
 from vfmxai.data import get_dataset
 from vfmxai.errors import VfmxaiError
-from vfmxai.training.callbacks import AlternatingEpochArchitect, BestWeights, EpochLog, ResumeCheckpoint
-from vfmxai.training.checkpoint import CONFIG, LAST, load_run, write_run_files
+from vfmxai.training.callbacks import (
+    AlternatingEpochArchitect,
+    BestWeights,
+    EpochLog,
+    InterruptWatch,
+    ResumeCheckpoint,
+)
+from vfmxai.training.checkpoint import CONFIG, LAST, load_resume_state, load_run, write_run_files
 from vfmxai.training.module import ALALightning
 
 
@@ -70,6 +80,19 @@ def dataset_split(config: RunConfig, split: str, image_size: int) -> Dataset:
     )
 
 
+RESUMABLE_FIELDS = ("train.epochs",)
+"""The only config fields a resumed run may change: anything else would make `config.json` describe a
+run other than the one whose weights and optimiser state `last.ckpt` holds."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (`signal` = "SIGINT") or SIGTERM; `last.ckpt` holds the last finished epoch."""
+
+    def __init__(self, signal_name: str, run_dir: Path):
+        super().__init__(f"training interrupted by {signal_name}; resume with --resume --out {run_dir}")
+        self.signal = signal_name
+
+
 def train(
     config: RunConfig,
     out: str | Path,
@@ -80,26 +103,41 @@ def train(
     """Train ALA + AEA + LoRA as `config` says; write the run folder `out`; return the best model (eval mode).
 
     `callbacks` are added after AEA (so they see each epoch's phase) and before the resume checkpoint.
+    Interruption: every file in `out` is written atomically, so a process killed at any moment leaves
+    complete files (at most a hidden `.*.tmp`, removed when training starts again there) and `last.ckpt`
+    holds the state after the last finished epoch. `resume=True` continues from it on the path of an
+    unbroken run (shuffle and augmentation are functions of seed, epoch and batch), or starts afresh when
+    the run died in its first epoch; `config` must equal the saved one except `RESUMABLE_FIELDS`.
+    Ctrl-C stops at once, SIGTERM after the current batch; both raise `TrainingInterrupted`.
     """
     run_dir = Path(out)
     last = run_dir / LAST
     if resume:
-        if not last.is_file():
-            raise VfmxaiError(f"--resume: no {LAST} in {run_dir} to resume from")
-        saved = RunConfig.load(run_dir / CONFIG)
-        saved.train.epochs = config.train.epochs
-        config = saved
+        if not (run_dir / CONFIG).is_file():
+            raise VfmxaiError(f"--resume: {run_dir} holds no run to resume (no {CONFIG})")
+        config = _resume_config(config, run_dir)
     elif last.is_file():
         raise VfmxaiError(
             f"--out {run_dir}: already holds a run; pass --resume to continue it, or choose another folder"
         )
+    resume_from = last if resume and last.is_file() else None
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     splits = datasets_for(config, config.backbone.image_size)
-    config.model.num_classes = splits["train"].num_classes
+    num_classes = splits["train"].num_classes
+    if resume and num_classes != config.model.num_classes:
+        raise VfmxaiError(
+            f"--resume: the {config.data.dataset} dataset now has {num_classes} classes; the run in {run_dir} "
+            f"was trained with {config.model.num_classes}"
+        )
+    config.model.num_classes = num_classes
     model = build_model(config)
+    if resume_from is not None:
+        load_resume_state(resume_from, model)
+    _remove_stale_temporaries(run_dir)
     write_run_files(run_dir, config, splits["train"].class_names)
 
+    watch = InterruptWatch()
     schedule: list[L.Callback] = [
         AlternatingEpochArchitect(config.train.aea),
         *(callbacks or []),
@@ -108,33 +146,88 @@ def train(
     ]
     if config.train.patience > 0:
         schedule.append(EarlyStopping("val_loss", patience=config.train.patience, mode="min"))
-    schedule.append(ResumeCheckpoint(run_dir))
-    trainer = L.Trainer(
-        max_epochs=config.train.epochs,
-        accelerator=config.train.accelerator,
-        devices=config.train.devices,
-        num_nodes=config.train.num_nodes,
-        precision=_precision(config),
-        callbacks=schedule,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        default_root_dir=str(run_dir),
-    )
-    module = ALALightning(model, config)
+    schedule += [ResumeCheckpoint(run_dir), watch]
     with _quiet_lightning():
-        trainer.fit(
-            module,
-            train_dataloaders=_loader(splits["train"], config, shuffle=True),
-            val_dataloaders=_loader(splits["val"], config, shuffle=False),
-            ckpt_path=str(last) if resume else None,
-            weights_only=True if resume else None,
+        trainer = L.Trainer(
+            max_epochs=config.train.epochs,
+            accelerator=config.train.accelerator,
+            devices=config.train.devices,
+            num_nodes=config.train.num_nodes,
+            precision=_precision(config),
+            callbacks=schedule,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=True,
+            default_root_dir=str(run_dir),
         )
+        module = ALALightning(model, config)
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            trainer.fit(
+                module,
+                train_dataloaders=_loader(splits["train"], config, shuffle=True),
+                val_dataloaders=_loader(splits["val"], config, shuffle=False),
+                ckpt_path=str(resume_from) if resume_from else None,
+                weights_only=True if resume_from else None,
+            )
+        except SystemExit:
+            if not isinstance(watch.exception, (KeyboardInterrupt, SIGTERMException)):
+                raise
+            if sigint is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, sigint)
+            name = "SIGINT" if isinstance(watch.exception, KeyboardInterrupt) else "SIGTERM"
+            raise TrainingInterrupted(name, run_dir) from None
     best, _, _ = load_run(run_dir)
     return best
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _resume_config(requested: RunConfig, run_dir: Path) -> RunConfig:
+    """The saved config with the requested `RESUMABLE_FIELDS`; VfmxaiError naming every other field that differs.
+
+    `model.num_classes` = 0 (not yet filled from the dataset) matches any saved value; `data.root` is
+    compared as a resolved path.
+    """
+    saved = RunConfig.load(run_dir / CONFIG)
+    have, want = _flat(json.loads(saved.to_json())), _flat(json.loads(requested.to_json()))
+    if want.get("model.num_classes") == 0:
+        want["model.num_classes"] = have.get("model.num_classes")
+    for flat in (have, want):
+        if flat.get("data.root") is not None:
+            flat["data.root"] = str(Path(str(flat["data.root"])).expanduser().resolve())
+    differ = [k for k in sorted(set(have) | set(want)) if k not in RESUMABLE_FIELDS and have.get(k) != want.get(k)]
+    if differ:
+        shown = "; ".join(
+            f"{k}: {json.dumps(have.get(k))} saved, {json.dumps(want.get(k))} requested" for k in differ[:6]
+        )
+        more = f"; and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise VfmxaiError(
+            f"--resume: the requested config differs from {run_dir / CONFIG} in {len(differ)} field(s) "
+            f"({shown}{more}); only {', '.join(RESUMABLE_FIELDS)} may change when resuming"
+        )
+    for key in RESUMABLE_FIELDS:
+        section, name = key.split(".")
+        setattr(getattr(saved, section), name, getattr(getattr(requested, section), name))
+    return saved
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete `.<name>.<random>.tmp` files that an atomic write of a killed process left in `run_dir`."""
+    if run_dir.is_dir():
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
