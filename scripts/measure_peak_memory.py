@@ -1,4 +1,4 @@
-"""Peak memory (resource.getrusage ru_maxrss) of two large inputs, each measured in a fresh process:
+"""Peak memory (VmHWM, the peak resident set) of two large inputs, each measured in a fresh process:
 
 1. `explain` of one 8000x8000 JPEG with a tiny trained run (tests/run_fixtures), next to the same
    process that stops after loading the run (the baseline of Python + torch + the model), and next to
@@ -9,6 +9,9 @@
     python scripts/measure_peak_memory.py [--keep DIR]
 
 Prints one line per measurement, in MB. Needs ~1 GB of disk space in a temporary folder and a few minutes.
+The peak is read from /proc/self/status (Linux), not `resource.getrusage(RUSAGE_SELF).ru_maxrss`: Linux
+carries the parent's peak into a child across exec, so ru_maxrss of a spawned child reports at least its
+parent's peak (here the parent that trained the run and drew the big image).
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import resource, sys
+import sys
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 mode, run, image, out = {mode!r}, {run!r}, {image!r}, {out!r}
 
 def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 from vfmxai.training import load_run
 model, config, _ = load_run(run)
@@ -53,13 +57,14 @@ print(f"{{peak_mb():.0f}}")
 """
 
 DATASET_CHILD = r"""
-import resource, torch
+import torch
 torch.set_num_threads(1)
 from torch.utils.data import DataLoader
 from vfmxai.data import FolderDataset, collate
 
 def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 dataset = FolderDataset({root!r}, "train", image_size=32)
 after_parse = peak_mb()

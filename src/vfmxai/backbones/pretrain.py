@@ -78,7 +78,7 @@ def pretrain(
     val_images, _, val_labels = SyntheticDataset("val", n_val, 64, seed, task="pretrain").tensors()
     model = PretrainHeads(backbone, int(train_labels.max()) + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
-    warmup = steps // 12
+    warmup = max(1, steps // 12)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
