@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--methods", default="all")
     evaluate.add_argument("--out", required=True, type=Path)
+    evaluate.add_argument("--shard", help="RANK/WORLD: evaluate one shard; rank 0 merges (also under torchrun)")
+    evaluate.add_argument("--devices", type=int, help="run N worker processes (one per GPU, else CPU) and merge")
     _evaluation_flags(evaluate)
 
     reproduce = sub.add_parser("reproduce", help="train with several seeds, evaluate everything, the paper's tables")
@@ -83,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     reproduce.add_argument("--out", required=True, type=Path)
     _evaluation_flags(reproduce)
+
+    bench = sub.add_parser("bench", help="throughput of forward, explainers, insertion/deletion, training steps")
+    bench.add_argument("--out", default=Path("bench_out"), type=Path)
+    bench.add_argument("--backbone", default="default", help="tiny, default, clip-vit-b16, a directory or HF id")
+    bench.add_argument("--image-size", type=int)
+    bench.add_argument("--batch-size", default=8, type=int)
+    bench.add_argument("--repeats", default=5, type=int)
+    bench.add_argument("--warmup", default=1, type=int)
+    bench.add_argument("--methods", type=_methods, help="explainers to time (default: a representative set)")
+    bench.add_argument("--insdel-steps", default=20, type=int)
+    bench.add_argument("--device")
+    bench.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="cpu: process CPU time (shared hosts)")
     return parser
 
 
@@ -130,10 +144,31 @@ def _run(args: argparse.Namespace) -> int:
         from vfmxai.evaluation import evaluate_run
 
         _need_root(args)
-        result = evaluate_run(
-            args.checkpoint, args.dataset, args.root, args.split, args.methods, args.out, **_evaluation_options(args)
-        )
+        run_args = (args.checkpoint, args.dataset, args.root, args.split, args.methods, args.out)
+        if args.shard:
+            from vfmxai.evaluation.sharding import evaluate_run_sharded, parse_shard
+
+            rank, world = parse_shard(args.shard)
+            result = evaluate_run_sharded(*run_args, rank=rank, world_size=world, **_evaluation_options(args))
+            if result is None:
+                print(f"shard {args.shard} done -> {args.out}")
+                return 0
+        elif args.devices:
+            from vfmxai.evaluation.sharding import evaluate_run_parallel
+
+            result = evaluate_run_parallel(*run_args, devices=args.devices, **_evaluation_options(args))
+        else:
+            result = evaluate_run(*run_args, **_evaluation_options(args))
         print(f"evaluated {result['n_images']} image(s) -> {args.out / 'metrics.json'}")
+        return 0
+    if args.command == "bench":
+        from vfmxai.bench import DEFAULT_METHODS, run_bench
+
+        run_bench(
+            args.out, args.backbone, args.image_size, args.batch_size, args.repeats, args.warmup,
+            methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps, device=args.device,
+            clock=args.clock,
+        )
         return 0
     if args.command == "reproduce":
         from vfmxai.evaluation import reproduce

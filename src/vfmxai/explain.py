@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from vfmxai import explainers
+from vfmxai.backbones import merged_lora
 from vfmxai.data.images import open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text
@@ -125,23 +126,30 @@ def explain_files(
     out = Path(out)
     size = config.backbone.image_size
     predictions: dict[str, dict] = {}
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        decoded = [open_image(p) for p in chunk]
-        batch = torch.stack([model_input(im, size) for im in decoded]).to(device)
-        with torch.no_grad():
-            probs = model(batch).softmax(dim=1)
-        predicted = probs.argmax(dim=1)
-        for path, cls, p in zip(chunk, predicted.tolist(), probs.max(dim=1).values.tolist(), strict=True):
-            predictions[path.stem] = {"file": str(path), "class": cls, "class_name": class_names[cls], "probability": p}
-        for method in methods:
-            with explainers.get(method, model) as explainer:
-                maps = explainer(batch, predicted).cpu()
-            for path, im, heat in zip(chunk, decoded, maps, strict=True):
-                full = resize_maps(heat[None].float(), (im.height, im.width))[0].numpy()
-                atomic_write(out / f"{path.stem}.{method}.npy", lambda tmp, a=full: save_npy(tmp, a))
-                save_overlay_by_rows(im, full, out / f"{path.stem}.{method}.png")
-        if per_block:
-            _save_block_figures(model, batch, predicted, chunk, out)
+    with merged_lora(model):
+        for start in range(0, len(paths), batch_size):
+            _explain_chunk(model, methods, paths[start : start + batch_size], size, class_names, out, predictions,
+                           device, per_block)
     atomic_write_text(out / "predictions.json", json.dumps(predictions, indent=2, sort_keys=True) + "\n")
     return predictions
+
+
+def _explain_chunk(model, methods: list[str], chunk: list[Path], size: int, class_names: list[str], out: Path,
+               predictions: dict[str, dict], device: str, per_block: bool) -> None:
+    """One batch of files: predict, explain with every method, write maps and overlays (LoRA merged)."""
+    decoded = [open_image(p) for p in chunk]
+    batch = torch.stack([model_input(im, size) for im in decoded]).to(device)
+    with torch.no_grad():
+        probs = model(batch).softmax(dim=1)
+    predicted = probs.argmax(dim=1)
+    for path, cls, p in zip(chunk, predicted.tolist(), probs.max(dim=1).values.tolist(), strict=True):
+        predictions[path.stem] = {"file": str(path), "class": cls, "class_name": class_names[cls], "probability": p}
+    for method in methods:
+        with explainers.get(method, model) as explainer:
+            maps = explainer(batch, predicted).cpu()
+        for path, im, heat in zip(chunk, decoded, maps, strict=True):
+            full = resize_maps(heat[None].float(), (im.height, im.width))[0].numpy()
+            atomic_write(out / f"{path.stem}.{method}.npy", lambda tmp, a=full: save_npy(tmp, a))
+            save_overlay_by_rows(im, full, out / f"{path.stem}.{method}.png")
+    if per_block:
+        _save_block_figures(model, batch, predicted, chunk, out)

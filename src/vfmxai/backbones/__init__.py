@@ -2,6 +2,6 @@
 
 from vfmxai.backbones.base import Backbone
 from vfmxai.backbones.loading import BACKBONE_PRESETS, load_backbone
-from vfmxai.backbones.lora import add_lora, lora_state_dict
+from vfmxai.backbones.lora import add_lora, lora_state_dict, merged_lora
 
-__all__ = ["BACKBONE_PRESETS", "Backbone", "add_lora", "load_backbone", "lora_state_dict"]
+__all__ = ["BACKBONE_PRESETS", "Backbone", "add_lora", "load_backbone", "lora_state_dict", "merged_lora"]
