@@ -171,7 +171,6 @@ def test_any_labels_csv_loads_lists_problems_or_raises_one_line(folder, labels, 
             assert sample["id"] in IDS
 
 
-@pytest.mark.xfail(strict=True, reason="data/folder.py does not catch UnicodeDecodeError")
 @pytest.mark.parametrize("name", ["labels.csv", "classes.txt"])
 def test_a_labels_file_that_is_not_utf8_is_a_one_line_error(folder, name):
     (folder / "labels.csv").write_text("id,label,split\na,0,train\n", encoding="utf-8")

@@ -81,7 +81,6 @@ def test_a_saturated_softmax_gives_finite_hand_computed_insertion_and_deletion(s
     assert torch.equal(probabilities.insertion, torch.full((1,), 0.5))
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.perturbation does not check logits for inf (the lead's fix)")
 def test_infinite_logits_are_an_error_or_finite_scores():
     try:
         result = insertion_deletion(TwoClasses(float("inf")), torch.ones(1, 3, 16, 16), torch.rand(1, 16, 16),

@@ -235,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     except VfmxaiError as err:
         print(f"vfmxai: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("vfmxai: interrupted; finished work is saved (rerun with --resume to continue)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        detail = str(err) or "interrupted; finished work is saved (rerun the same command to continue)"
+        print(f"vfmxai: {detail}", file=sys.stderr)
+        return 143 if getattr(err, "signal", "SIGINT") == "SIGTERM" else 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from vfmxai.data.images import index_images, mask_values, open_image
 from vfmxai.errors import VfmxaiError
 
 COLUMNS = ("id", "label", "split")
+MAX_CLASSES = 100_000
+"""Without classes.txt the class count is the largest label + 1; a larger label is taken as a typo."""
 
 
 def read_folder_mask(path: str | Path, label: int) -> np.ndarray:
@@ -32,7 +34,10 @@ def read_folder_mask(path: str | Path, label: int) -> np.ndarray:
 def _read_classes(path: Path, problems: Problems) -> list[str] | None:
     if not path.is_file():
         return None
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise VfmxaiError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     while lines and not lines[-1].strip():
         lines.pop()
     names = [line.strip() for line in lines]
@@ -57,6 +62,16 @@ def _parse(root: Path, problems: Problems, file_splits: tuple[str, ...]) -> tupl
     names = _read_classes(root / "classes.txt", problems)
     by_name = {n: i for i, n in enumerate(names or [])}
 
+    try:
+        return _parse_rows(root, labels_path, names, by_name, problems, file_splits)
+    except UnicodeDecodeError as err:
+        raise VfmxaiError(f"{labels_path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _parse_rows(
+    root: Path, labels_path: Path, names: list[str] | None, by_name: dict[str, int], problems: Problems,
+    file_splits: tuple[str, ...],
+) -> tuple[dict[str, list[Record]], list[str]]:
     with labels_path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -134,6 +149,10 @@ def _parse_label(
         return None
     if label < 0:
         problems.add(f"{where}: label {label} is negative")
+        return None
+    if names is None and label >= MAX_CLASSES:
+        problems.add(f"{where}: label {label} is implausibly large (over {MAX_CLASSES:,} classes); "
+                     "give classes.txt or 0-based labels")
         return None
     if names is not None and label >= len(names):
         n = len(names)

@@ -380,7 +380,7 @@ def _metrics_json(
         methods[name], best_tau[name] = summarise(results.methods[name])
     evaluation = {k: v for k, v in settings.items() if k not in ("run_config", "dataset", "split", "n_images")}
     evaluation["methods"] = list(names) + list(missing)
-    evaluation["method_options"] = {m: dict(options.get(m, {})) for m in names}
+    evaluation["method_options"] = {m: {**explainers.default_options(m), **options.get(m, {})} for m in names}
     return {
         "dataset": settings["dataset"],
         "split": settings["split"],

@@ -11,6 +11,7 @@ becomes all zeros. Forward/backward hooks are registered through `self.hook(...)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,18 @@ def register(name: str) -> Callable[[type[Explainer]], type[Explainer]]:
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """The keyword options of method `name` with their defaults (so a run can record what it used)."""
+    if name not in _REGISTRY:
+        raise VfmxaiError(f"unknown method '{name}' (available: {', '.join(available())})")
+    parameters = list(inspect.signature(_REGISTRY[name].__init__).parameters.values())[2:]
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.default is not inspect.Parameter.empty and isinstance(p.default, (bool, int, float, str, type(None)))
+    }
 
 
 def get(name: str, classifier: Classifier, **options: Any) -> Explainer:

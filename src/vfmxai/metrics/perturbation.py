@@ -220,6 +220,8 @@ def _check_inputs(images: Tensor, maps: Tensor, steps: int, batch_size: int, tar
 def _check_logits(logits: Tensor, n: int, targets: Tensor, check_targets: bool) -> None:
     if logits.dim() != 2 or logits.shape[0] != n:
         raise VfmxaiError(f"insertion/deletion: the classifier must return logits (N, C), got {_shape(logits)}")
+    if not torch.isfinite(logits).all():
+        raise VfmxaiError("insertion/deletion: the classifier returned NaN or infinite logits on a perturbed image")
     n_classes = logits.shape[1]
     if check_targets and (targets.min() < 0 or targets.max() >= n_classes):
         got = targets.tolist()
