@@ -5,6 +5,10 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _threads() -> None:
-    """One thread: the tests' models are tiny, and thread hand-offs cost more than they save."""
+def _threads():
+    """One thread: the tests' models are tiny, thread hand-offs cost more than they save, and bit-equality
+    across processes (sharding) needs the same thread count in each."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -15,14 +15,6 @@ from vfmxai.bench import backbone_flops, bench_config, run_bench, vit_flops
 from vfmxai.errors import VfmxaiError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_bench_json_has_the_design_shape_and_ratios(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     result = run_bench(
         tmp_path, backbone="tiny", batch_size=2, repeats=1, warmup=0, methods=("ala", "rise"),

@@ -43,14 +43,6 @@ STEPS = 4
 SIX_FILES = ("metrics.json", "timing.json", "metrics.csv", "table.md", "curves.png", "grid.png")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine two threads are far slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 class Interrupted(Exception):
     """Stands for a kill in the middle of an evaluation."""

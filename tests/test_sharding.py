@@ -21,14 +21,6 @@ OPTIONS = {"steps": 3, "batch_size": 2, "n_grid": 3, "progress": False, "dataset
 FILES = ("metrics.json", "metrics.csv", "table.md", "per_image.csv")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Bit-equality across processes needs the same thread count in each (module docstring of `sharding`)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -16,14 +16,6 @@ from vfmxai.viz import grid_size, method_grid, save_grid, save_insdel_curves
 COLOUR = torch.tensor([0.2, 0.4, 0.6])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine two threads are far slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_grid_size_and_tiles(tmp_path: Path) -> None:
     images = COLOUR.view(1, 3, 1, 1).expand(3, 3, 16, 16).clone()

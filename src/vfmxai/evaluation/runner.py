@@ -228,13 +228,7 @@ def evaluate_run(
     """`vfmxai evaluate`: load the run folder's model, build `split` of `dataset` as the run was trained
     (image size; for `synthetic` the run's generator seed and sizes), and `evaluate` it. `options` are
     `evaluate`'s keyword arguments."""
-    from vfmxai.training import load_run
-    from vfmxai.training.train import dataset_split
-
-    model, run_config, _ = load_run(run_dir, device or default_device())
-    run_config.data.dataset = dataset
-    run_config.data.root = None if root is None else str(root)
-    data = dataset_split(run_config, split, run_config.backbone.image_size)
+    model, data, run_config = load_run_split(run_dir, dataset, root, split, device)
     return evaluate(
         model, data, methods, out, config=run_config.to_dict(), dataset_name=dataset, split=split, **options
     )
@@ -542,3 +536,17 @@ def _running_means(by_start: Mapping[int, BatchRecord]) -> str:
     values = {"mIoU": mean("iou"), "ins": ins, "del": dele, "ID": ins - dele, "PG": mean("pointing_game")}
     return " ".join(f"{k} {v:.3f}" for k, v in values.items() if not math.isnan(v))
 
+
+
+def load_run_split(
+    run_dir: str | Path, dataset: str, root: str | Path | None, split: str, device: str | None = None
+) -> tuple[Classifier, Dataset, Any]:
+    """The run folder's model and `split` of `dataset`, built as the run was trained (image size; for
+    `synthetic` the run's generator seed and sizes): what `vfmxai evaluate` scores."""
+    from vfmxai.training import load_run
+    from vfmxai.training.train import dataset_split
+
+    model, run_config, _ = load_run(run_dir, device or default_device())
+    run_config.data.dataset = dataset
+    run_config.data.root = None if root is None else str(root)
+    return model, dataset_split(run_config, split, run_config.backbone.image_size), run_config

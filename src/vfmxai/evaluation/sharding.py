@@ -92,14 +92,9 @@ def evaluate_run_sharded(
     **options: Any,
 ) -> dict[str, Any] | None:
     """`vfmxai evaluate --shard RANK/WORLD`: `evaluate_run`, for one shard (see `evaluate_sharded`)."""
-    from vfmxai.evaluation.runner import default_device
-    from vfmxai.training import load_run
-    from vfmxai.training.train import dataset_split
+    from vfmxai.evaluation.runner import load_run_split
 
-    model, run_config, _ = load_run(run_dir, device or default_device())
-    run_config.data.dataset = dataset
-    run_config.data.root = None if root is None else str(root)
-    data = dataset_split(run_config, split, run_config.backbone.image_size)
+    model, data, run_config = load_run_split(run_dir, dataset, root, split, device)
     return evaluate_sharded(
         model, data, methods, out, rank=rank, world_size=world_size,
         config=run_config.to_dict(), dataset_name=dataset, split=split, **options,
