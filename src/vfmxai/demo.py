@@ -8,8 +8,8 @@
 4. writes OUT/report.md: the paper's Table 2 and Table 4 layouts, the method grid (Fig. 4), the
    insertion/deletion curves, the maps with and without AEA (Fig. 5), and the time each step took.
 
-The demo shrinks sizes, never the protocol: 64 px images, 480/60/40 train/val/test images, 6 epochs,
-insertion/deletion sampled at 20 steps instead of 100, 100 RISE masks, 16 IG steps, Score-CAM on the
+The demo shrinks sizes, never the protocol: 64 px images, 360/40/32 train/val/test images, 6 epochs,
+insertion/deletion sampled at 20 steps instead of 100, 64 RISE masks, 16 IG steps, Score-CAM on the
 32 channels with the largest spatial variance. Every metric is computed as `vfmxai evaluate` computes
 it; the settings are recorded in every metrics.json.
 """
@@ -23,10 +23,10 @@ from vfmxai.data import write_synthetic
 from vfmxai.evaluation import reproduce
 from vfmxai.io import atomic_write_text
 
-DEMO_SPLITS = {"n_train": 480, "n_val": 60, "n_test": 40}
+DEMO_SPLITS = {"n_train": 360, "n_val": 40, "n_test": 32}
 DEMO_STEPS = 20
 DEMO_METHOD_OPTIONS = {
-    "rise": {"n_masks": 100, "batch_size": 100},
+    "rise": {"n_masks": 64, "batch_size": 64},
     "ig": {"steps": 16},
     "scorecam": {"max_channels": 32},
 }
