@@ -19,7 +19,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def _one_line_error(capsys, code, *words):
+def assert_one_line_error(capsys, code, *words):
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert len(err.splitlines()) == 1 and err.startswith("vfmxai: error:"), err
@@ -30,18 +30,18 @@ def _one_line_error(capsys, code, *words):
 
 def test_missing_dataset_folder(tmp_path, capsys):
     code = main(["train", "--dataset", "folder", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
-    _one_line_error(capsys, code, str(tmp_path / "nowhere"))
+    assert_one_line_error(capsys, code, str(tmp_path / "nowhere"))
 
 
 def test_unknown_preset(tmp_path, capsys):
     code = main(["train", "--dataset", "synthetic", "--preset", "cubb", "--out", str(tmp_path / "r")])
-    _one_line_error(capsys, code, "unknown preset 'cubb'")
+    assert_one_line_error(capsys, code, "unknown preset 'cubb'")
 
 
 def test_unknown_backbone(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     args = ["train", "--dataset", "synthetic", "--out", str(tmp_path / "r"), *TINY, "--backbone", "someone/vit-x"]
-    _one_line_error(capsys, main(args), "someone/vit-x", "--backbone")
+    assert_one_line_error(capsys, main(args), "someone/vit-x", "--backbone")
 
 
 def test_usage_error_exits_2(capsys):
@@ -68,13 +68,13 @@ def test_explain_rejects_a_file_that_is_not_an_image(run_dir, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("this is text, not a picture")
     code = main(["explain", "--checkpoint", str(run_dir), "--method", "ala", "--out", str(tmp_path / "o"),
                  str(tmp_path / "notes.png")])
-    _one_line_error(capsys, code, "notes.png")
+    assert_one_line_error(capsys, code, "notes.png")
 
 
 def test_explain_rejects_an_unknown_method(run_dir, tmp_path, capsys):
     code = main(["explain", "--checkpoint", str(run_dir), "--method", "ala,gradcamm", "--out", str(tmp_path / "o"),
                  str(tmp_path)])
-    _one_line_error(capsys, code, "gradcamm")
+    assert_one_line_error(capsys, code, "gradcamm")
 
 
 def test_explain_daam_per_block_figure(run_dir, tmp_path):

@@ -35,7 +35,7 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-def _load_or_error(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor | None:
+def assert_loads_or_one_line_error(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor | None:
     """The tensor if the file loads (checked against the contract), None after a one-line VfmxaiError."""
     try:
         image = load_image(path)
@@ -79,7 +79,7 @@ def _encoded(im: Image.Image, fmt: str) -> bytes | None:
 def test_random_bytes_load_or_raise_one_line(scratch, header, body, suffix):
     path = scratch / f"random{suffix}"
     path.write_bytes(header + body)
-    _load_or_error(path)
+    assert_loads_or_one_line_error(path)
 
 
 @FUZZ
@@ -98,7 +98,7 @@ def test_valid_images_of_any_mode_and_size_give_the_contract_tensor(scratch, mod
         return
     path = scratch / f"valid{FORMATS[fmt]}"
     path.write_bytes(data)
-    assert _load_or_error(path, (height, width)) is not None
+    assert assert_loads_or_one_line_error(path, (height, width)) is not None
 
 
 @FUZZ
@@ -116,7 +116,7 @@ def test_damaged_valid_files_load_or_raise_one_line(scratch, fmt, seed, flips, c
         data = data[: cut % len(data)]
     path = scratch / f"damaged{FORMATS[fmt]}"
     path.write_bytes(bytes(data))
-    _load_or_error(path)
+    assert_loads_or_one_line_error(path)
 
 
 # ---- the folder format ------------------------------------------------------------------------------------
