@@ -19,15 +19,13 @@ from PIL import Image
 
 from vfmxai import explainers
 from vfmxai.backbones import merged_lora
-from vfmxai.data.images import open_image, to_rgb_array
+from vfmxai.data.images import DECODABLE_SUFFIXES, open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text
 from vfmxai.maps import normalize_maps, resize_maps
 from vfmxai.training.checkpoint import load_run
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def _save_block_figures(model, batch: torch.Tensor, targets: torch.Tensor, paths: list[Path], out: Path) -> None:
@@ -50,7 +48,7 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in DECODABLE_SUFFIXES)
         elif item.is_file():
             paths.append(item)
         else:

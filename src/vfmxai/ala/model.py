@@ -170,10 +170,15 @@ class ALAModel(Classifier):
         """L = CE(p_PB, y) + λ·CE(p_ALA, y) (paper Eq. 4)."""
         return F.cross_entropy(out.logits, labels) + self.config.lambda_ala * F.cross_entropy(out.logits_ala, labels)
 
+    @staticmethod
+    def is_trainable(name: str) -> bool:
+        """ALA, perception branch and LoRA weights train; every other backbone weight stays frozen."""
+        return not name.startswith("backbone.") or "lora_" in name
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser steps (AEA toggles `requires_grad` on the adapter's share of them)."""
+        return [p for name, p in self.named_parameters() if self.is_trainable(name)]
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """ALA, perception branch and LoRA weights: everything a checkpoint holds (never the frozen backbone)."""
-        return {
-            k: v
-            for k, v in self.state_dict().items()
-            if not k.startswith("backbone.") or "lora_" in k
-        }
+        """Everything a checkpoint holds: the trainable weights, never the frozen backbone again."""
+        return {k: v for k, v in self.state_dict().items() if self.is_trainable(k)}

@@ -19,6 +19,9 @@ from torch import Tensor
 from vfmxai.errors import VfmxaiError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""Image files of the dataset formats (DESIGN §5)."""
+DECODABLE_SUFFIXES = (*IMAGE_SUFFIXES, ".bmp", ".webp", ".tif", ".tiff")
+"""Every file `vfmxai explain` picks up from a folder: the formats `load_image` decodes."""
 
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}

@@ -50,15 +50,9 @@ class ALALightning(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over every trainable part; AEA toggles `requires_grad`, and AdamW skips params whose grad is None."""
         tc = self.config.train
-        params = [p for name, p in self.model.named_parameters() if name in self._trainable_names()]
-        return torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-
-    def _trainable_names(self) -> set[str]:
-        return {
-            name
-            for name, _ in self.model.named_parameters()
-            if not name.startswith("backbone.") or "lora_" in name
-        }
+        return torch.optim.AdamW(
+            self.model.trainable_parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
