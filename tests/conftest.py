@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from vfmxai.runtime import flush_denormals
+
+flush_denormals()  # before the first torch operation starts the thread pool, as the command line does
+
 
 @pytest.fixture(autouse=True)
 def _threads():

@@ -98,3 +98,18 @@ def test_full_size_clip_b16_at_384_trains_one_step_and_explains():
     with torch.no_grad():
         maps, logits = model.explain(images)
     assert maps.shape == (1, 384, 384) and logits.shape == (1, 200)
+
+
+def test_prediction_and_explanation_skip_f2_and_keep_the_same_outputs():
+    model = _tiny_model().eval()
+    images = torch.rand(2, 3, 32, 32)
+    calls = []
+    model.ala_head.register_forward_hook(lambda m, args, out: calls.append(out))
+    full = model.forward_all(images)
+    assert len(calls) == 1
+    maps, logits = model.explain(images)
+    torch.testing.assert_close(model(images), full.logits, rtol=0, atol=0)
+    torch.testing.assert_close(logits, full.logits, rtol=0, atol=0)
+    upsampled = torch.nn.functional.interpolate(full.alpha[:, None], size=(32, 32), mode="bilinear")
+    torch.testing.assert_close(maps, upsampled[:, 0], rtol=0, atol=0)
+    assert len(calls) == 1 and model.forward_all(images, ala_logits=False).logits_ala is None

@@ -38,12 +38,16 @@ def test_bench_json_has_the_design_shape_and_ratios(tmp_path: Path, capsys: pyte
     by_task = {row["task"]: row for row in result["rows"]}
     assert by_task["explain:rise"]["options"] == {"n_masks": 4, "batch_size": 2}
     assert by_task["insdel"]["options"]["model_passes"] == 2 * (3 + 1) * 2
+    model_rate = by_task["forward:ala"]["images_per_s"]
+    assert by_task["insdel"]["ratio_to_model"] == pytest.approx(by_task["insdel"]["images_per_s"] / model_rate)
+    assert [row["task"] for row in result["rows"] if "ratio_to_model" in row] == ["insdel"]
 
     table = (tmp_path / "bench.md").read_text()
     assert table in capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| task")]
     assert [line.split(" | ")[0][2:] for line in rows] == ["forward", *tasks]
     assert f"| {by_task['insdel']['ratio']:.3f} |" in rows[4]
+    assert f"over `forward:ala`'s (the explained model's own pass): {by_task['insdel']['ratio_to_model']:.3f}." in table
 
 
 def test_vit_flops_match_a_hand_count() -> None:
@@ -93,3 +97,21 @@ def test_bad_options_are_user_errors(tmp_path: Path) -> None:
         run_bench(tmp_path, backbone="tiny", clock="sundial")
     with pytest.raises(VfmxaiError, match="--train"):
         run_bench(tmp_path, backbone="tiny", train=("sgd",))
+
+
+def test_cli_bench_picks_train_rows_and_rejects_unknown_ones(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vfmxai.cli import main
+
+    common = ["bench", "--backbone", "tiny", "--batch-size", "2", "--repeats", "1", "--warmup", "0"]
+    common += ["--methods", "ala", "--insdel-steps", "0", "--out", str(tmp_path)]
+    assert main([*common, "--train", "none"]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [row["task"] for row in rows] == ["forward:ala", "explain:ala"]
+    assert main([*common, "--train", "lora_ala"]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [row["task"] for row in rows] == ["forward:ala", "explain:ala", "train_step:lora_ala"]
+    capsys.readouterr()
+    assert main([*common, "--train", "lora"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "vfmxai: error: --train: unknown task(s) lora (known: lora_ala, full_finetune)"
+    )

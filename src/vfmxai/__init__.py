@@ -25,6 +25,7 @@ _API = {
     "load_run": "vfmxai.training",
     "get_dataset": "vfmxai.data",
     "explain_files": "vfmxai.explain",
+    "flush_denormals": "vfmxai.runtime",
 }
 _SUBMODULES = ("explainers", "metrics", "data", "evaluation", "viz")
 

@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", default=1, type=int)
     bench.add_argument("--methods", type=_methods, help="explainers to time (default: a representative set)")
     bench.add_argument("--insdel-steps", default=20, type=int)
+    bench.add_argument(
+        "--train", default="lora_ala,full_finetune", type=_methods, help="train-step rows to time; 'none' for none"
+    )
     bench.add_argument("--device")
     bench.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="cpu: process CPU time (shared hosts)")
     return parser
@@ -167,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         run_bench(
             args.out, args.backbone, args.image_size, args.batch_size, args.repeats, args.warmup,
             methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps, device=args.device,
-            clock=args.clock,
+            clock=args.clock, train=[t for t in args.train if t != "none"],
         )
         return 0
     if args.command == "reproduce":
@@ -224,12 +227,18 @@ def _train(args: argparse.Namespace) -> int:
         config.train.num_nodes = args.num_nodes
     apply_overrides(config, args.overrides)
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"trained; run folder: {args.out}")
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every rank runs this command
+        print(f"trained; run folder: {args.out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from vfmxai.runtime import flush_denormals
+
+    flush_denormals()  # before torch starts its threads, so they inherit it (vfmxai.runtime)
     try:
         return _run(args)
     except VfmxaiError as err:

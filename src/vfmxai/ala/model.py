@@ -30,8 +30,8 @@ from vfmxai.errors import VfmxaiError
 class ALAOutput:
     logits: Tensor
     """p_PB logits (B, C): the model's prediction."""
-    logits_ala: Tensor
-    """p_ALA logits (B, C): the adapter's own classifier, used only in the loss."""
+    logits_ala: Tensor | None
+    """p_ALA logits (B, C): the adapter's own classifier, used only in the loss (None when not asked for)."""
     alpha: Tensor
     """The attention map (B, G, G) in [0, 1] on the ALA grid."""
 
@@ -117,7 +117,9 @@ class ALAFormer(nn.Module):
             tokens = layer(tokens)
         tokens = self.norm(tokens)
         b, n, d = tokens.shape
-        return tokens.transpose(1, 2).reshape(b, d, self.grid, self.grid)
+        # contiguous: a channels-last view would give the convs after it channels-last weight gradients,
+        # which DDP's gradient buckets copy (and warn about) every step
+        return tokens.transpose(1, 2).reshape(b, d, self.grid, self.grid).contiguous()
 
 
 class ALAModel(Classifier):
@@ -145,7 +147,9 @@ class ALAModel(Classifier):
         """Every ALA part (former, f1, f2): what AEA freezes in even epochs."""
         return [self.former, self.map_features, self.map_out, self.ala_head]
 
-    def forward_all(self, images: Tensor) -> ALAOutput:
+    def forward_all(self, images: Tensor, ala_logits: bool = True) -> ALAOutput:
+        """Every output of one pass; `ala_logits=False` skips f2, which only the loss reads (prediction and
+        explanation leave it out)."""
         states = self.backbone.hidden_states(images)
         injected = [self.backbone.patch_grid(states[j]) for j in self.inject_from]
         features = self.map_features(self.former(self.backbone.normalize(images), injected))
@@ -155,19 +159,22 @@ class ALAModel(Classifier):
         if gate.shape[-1] != last.shape[-1]:
             gate = F.interpolate(gate, size=last.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.perception(last * gate)
-        return ALAOutput(logits=logits, logits_ala=self.ala_head(features), alpha=alpha.squeeze(1))
+        logits_ala = self.ala_head(features) if ala_logits else None
+        return ALAOutput(logits=logits, logits_ala=logits_ala, alpha=alpha.squeeze(1))
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.forward_all(images).logits
+        return self.forward_all(images, ala_logits=False).logits
 
     def explain(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(maps (B, H, W): alpha upsampled bilinearly to the input, logits (B, C)) from one forward."""
-        out = self.forward_all(images)
+        out = self.forward_all(images, ala_logits=False)
         maps = F.interpolate(out.alpha.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return maps.squeeze(1), out.logits
 
     def loss(self, out: ALAOutput, labels: Tensor) -> Tensor:
         """L = CE(p_PB, y) + λ·CE(p_ALA, y) (paper Eq. 4)."""
+        if out.logits_ala is None:
+            raise ValueError("ALAModel.loss needs forward_all(..., ala_logits=True)")
         return F.cross_entropy(out.logits, labels) + self.config.lambda_ala * F.cross_entropy(out.logits_ala, labels)
 
     @staticmethod

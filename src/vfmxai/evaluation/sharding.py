@@ -33,6 +33,7 @@ from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.runner import evaluate, resolve_methods
 from vfmxai.evaluation.store import PER_IMAGE_DIR, PREDICTIONS, ResultStore, batch_starts
+from vfmxai.runtime import flush_denormals
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -151,6 +152,7 @@ def _worker(
     out: str,
     options: dict[str, Any],
 ) -> None:
+    flush_denormals()
     torch.set_num_threads(threads)
     if torch.cuda.is_available():
         device = f"cuda:{rank % torch.cuda.device_count()}"

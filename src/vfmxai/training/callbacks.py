@@ -47,7 +47,8 @@ class EpochLog(L.Callback):
         values = [str(epoch), "map" if pl_module.model.use_map else "ones"]
         values += [f"{float(metrics.get(k, math.nan)):.6f}" for k in self.columns[2:]]
         self.rows = [r for r in self.rows if int(r.split(",")[0]) < epoch] + [",".join(values)]
-        atomic_write_text(self.path, ",".join(self.columns) + "\n" + "\n".join(self.rows) + "\n")
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, ",".join(self.columns) + "\n" + "\n".join(self.rows) + "\n")
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -82,13 +83,20 @@ class BestWeights(L.Callback):
 
 class ResumeCheckpoint(L.Callback):
     """Writes `last.ckpt` atomically at the end of every epoch; listed last so every other callback's
-    state (early stopping counter, best loss, log rows) is already updated when it is saved."""
+    state (early stopping counter, best loss, log rows) is already updated when it is saved.
+
+    Under DDP every rank must call `save_checkpoint` (it ends in a barrier) but only rank 0 writes, so only
+    rank 0 goes through a temporary file and the rename: another rank's empty temporary must not replace it.
+    """
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LAST
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp))
+        if trainer.is_global_zero:
+            atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp))
+        else:
+            trainer.save_checkpoint(self.path)
 
 
 class InterruptWatch(L.Callback):

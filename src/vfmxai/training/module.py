@@ -19,8 +19,10 @@ class ALALightning(L.LightningModule):
         """Checkpoints hold only the trainable weights; the frozen backbone comes from its own source."""
 
     def _augment_generator(self, batch_idx: int) -> torch.Generator:
-        """Augmentation randomness from (seed, epoch, batch): identical after an interruption and resume."""
+        """Augmentation randomness from (seed, epoch, batch, DDP rank): identical after an interruption and
+        resume; ranks draw differently (rank 0 as a single process does)."""
         seed = (self.config.train.seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx
+        seed += self.global_rank * 0x9E3779B97F4A7C15
         return torch.Generator(device="cpu").manual_seed(seed % (2**63))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -29,16 +31,23 @@ class ALALightning(L.LightningModule):
         out = self.model.forward_all(images)
         loss = self.model.loss(out, batch["label"])
         acc = (out.logits.argmax(1) == batch["label"]).float().mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
-        self.log("train_acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self._log_epoch("train", loss, acc, len(images))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model.forward_all(batch["image"])
         loss = self.model.loss(out, batch["label"])
         acc = (out.logits.argmax(1) == batch["label"]).float().mean()
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
-        self.log("val_acc", acc, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self._log_epoch("val", loss, acc, len(batch["image"]))
+
+    def _log_epoch(self, split: str, loss: torch.Tensor, acc: torch.Tensor, batch_size: int) -> None:
+        """Epoch means; under DDP averaged over ranks (one all-reduce per epoch), so every rank's early
+        stopping and best-weights decisions see the same numbers."""
+        for name, value in (("loss", loss), ("acc", acc)):
+            self.log(
+                f"{split}_{name}", value, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,
+                sync_dist=True,
+            )
 
     def on_validation_epoch_start(self) -> None:
         self._map_during_training = self.model.use_map

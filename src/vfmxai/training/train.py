@@ -21,6 +21,7 @@ from vfmxai.ala import ALAModel, build_model
 from vfmxai.config import RunConfig
 from vfmxai.data import get_dataset
 from vfmxai.errors import VfmxaiError
+from vfmxai.runtime import flush_denormals
 from vfmxai.training.callbacks import (
     AlternatingEpochArchitect,
     BestWeights,
@@ -121,7 +122,7 @@ def train(
             f"--out {run_dir}: already holds a run; pass --resume to continue it, or choose another folder"
         )
     resume_from = last if resume and last.is_file() else None
-
+    flush_denormals()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     splits = datasets_for(config, config.backbone.image_size)
     num_classes = splits["train"].num_classes

@@ -1,0 +1,74 @@
+"""Training under DDP (Lightning, 2 CPU processes, gloo): two ranks with batch 8 each take the same steps as one
+process with batch 16, the run folder is complete (a loadable `last.ckpt`, one log), and it resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from run_fixtures import tiny_run_config
+from safetensors.torch import load_file
+
+from vfmxai.config import RunConfig
+from vfmxai.training import load_run, train
+from vfmxai.training.checkpoint import LAST, WEIGHTS
+
+CLI = Path(sys.executable).with_name("vfmxai")
+
+
+def _overrides(config: RunConfig) -> list[str]:
+    """`--set key=value` for every field of `config`."""
+    flags = []
+    for section, fields in config.to_dict().items():
+        if isinstance(fields, dict):
+            flags += ["--set", *[f"{section}.{key}={json.dumps(value)}" for key, value in fields.items()]]
+    return [part for flag in flags for part in (["--set", flag] if flag != "--set" else [])]
+
+
+def _config(batch_size: int, epochs: int) -> RunConfig:
+    """16 train images, no augmentation: one step per epoch over the whole set, however it is split."""
+    config = tiny_run_config(batch_size=batch_size, epochs=epochs, flip=False, crop_scale=1.0, accelerator="cpu")
+    config.data.n_train = 16
+    return config
+
+
+def _train_ddp(config: RunConfig, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    config.train.devices = "2"
+    command = [str(CLI), "train", "--dataset", "synthetic", "--out", str(out), "--devices", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*command, *_overrides(config), *extra], capture_output=True, text=True, env=env)
+
+
+def _log(run: Path) -> list[list[str]]:
+    return [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:]]
+
+
+def test_two_ranks_step_like_one_process_with_their_joint_batch_and_resume(tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    train(_config(batch_size=16, epochs=1), single, progress=False)
+    ddp = tmp_path / "ddp"
+    result = _train_ddp(_config(batch_size=8, epochs=1), ddp)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("trained; run folder") == 1
+
+    # epoch 1's train loss is the loss before the first step: the ranks' mean equals the joint batch's
+    (single_row,), (ddp_row,) = _log(single), _log(ddp)
+    assert abs(float(ddp_row[2]) - float(single_row[2])) < 1e-5
+    # one AdamW step on the all-reduced gradient: the same function (weights agree only up to AdamW's first
+    # step amplifying rounding noise in gradients that are zero in exact arithmetic, e.g. attention key biases)
+    assert load_file(single / WEIGHTS).keys() == load_file(ddp / WEIGHTS).keys()
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (maps_one, logits_one), (maps_two, logits_two) = (load_run(run)[0].explain(images) for run in (single, ddp))
+    torch.testing.assert_close(logits_two, logits_one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(maps_two, maps_one, rtol=1e-4, atol=1e-5)
+    assert torch.load(ddp / LAST, weights_only=True)["epoch"] == 0
+
+    result = _train_ddp(_config(batch_size=8, epochs=2), ddp, "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [row[:2] for row in _log(ddp)] == [["1", "map"], ["2", "ones"]]
+    assert _log(ddp)[0] == ddp_row  # the resumed run kept epoch 1's row
