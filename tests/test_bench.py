@@ -41,6 +41,8 @@ def test_bench_json_has_the_design_shape_and_ratios(tmp_path: Path, capsys: pyte
     model_rate = by_task["forward:ala"]["images_per_s"]
     assert by_task["insdel"]["ratio_to_model"] == pytest.approx(by_task["insdel"]["images_per_s"] / model_rate)
     assert [row["task"] for row in result["rows"] if "ratio_to_model" in row] == ["insdel"]
+    parts = result["ala_parts"]
+    assert list(parts) == ["former", "f1", "perception"] and all(0 < share < 10 for share in parts.values())
 
     table = (tmp_path / "bench.md").read_text()
     assert table in capsys.readouterr().out
@@ -48,6 +50,7 @@ def test_bench_json_has_the_design_shape_and_ratios(tmp_path: Path, capsys: pyte
     assert [line.split(" | ")[0][2:] for line in rows] == ["forward", *tasks]
     assert f"| {by_task['insdel']['ratio']:.3f} |" in rows[4]
     assert f"over `forward:ala`'s (the explained model's own pass): {by_task['insdel']['ratio_to_model']:.3f}." in table
+    assert f"(together {100 * sum(parts.values()):.1f} %)" in table
 
 
 def test_vit_flops_match_a_hand_count() -> None:

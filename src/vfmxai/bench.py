@@ -14,6 +14,8 @@ Everything is measured in one run, on the same random images (B, 3, S, S) and ta
   `train_step:full_finetune` (no LoRA, every backbone weight trainable, same adapter and heads): forward,
   loss, backward and one AdamW step (no augmentation: that is data work, not model work); images per second.
 `ratio` = the row's images (or model passes) per second / the reference forward's (DESIGN §6).
+`ala_parts`: the former, f1 and the perception branch timed alone (same rounds and clock), each as a
+share of the ALA model's backbone pass: the adapter's overhead, read without subtracting two noisy timings.
 The explained model runs as `evaluate` runs it: eval mode, LoRA folded into the backbone's weights
 (`merged_lora`); the train-step models are separate copies.
 
@@ -219,8 +221,12 @@ def run_bench(
 
     with merged_lora(model):
         _measure(tasks, dev, repeats, warmup, CLOCKS[clock], echo)
+        parts = _adapter_parts(model, images)
+        _measure(parts, dev, repeats, warmup, CLOCKS[clock], echo=False)
     result = _result(tasks, reference, dev, backbone, size, batch_size, repeats, warmup)
     result["clock"] = clock
+    backbone_seconds = statistics.median(parts[0].seconds)
+    result["ala_parts"] = {p.name: statistics.median(p.seconds) / backbone_seconds for p in parts[1:]}
     table = render_markdown(result)
     if out is not None:
         out = Path(out)
@@ -242,6 +248,30 @@ def _explain(
             return explainer(images, targets)
 
     return run
+
+
+def _adapter_parts(model: ALAModel, images: Tensor) -> list[_Task]:
+    """The explained forward cut into its parts, each timed alone on inputs computed once: the backbone pass
+    first, then the former, f1 (map) and the perception branch. The parts' shares of the backbone's time
+    show the adapter's cost without the noise of subtracting two whole-model timings."""
+    with torch.no_grad():
+        states = model.backbone.hidden_states(images)
+        grid = model.lattice(images, states)
+        gated = model.gated_last(states, model.attention_map(grid)[1])
+
+    def timed(name: str, run: Callable[[], object]) -> _Task:
+        def call() -> object:
+            with torch.no_grad():
+                return run()
+
+        return _Task(name, call, len(images))
+
+    return [
+        timed("backbone", lambda: model.backbone.hidden_states(images)),
+        timed("former", lambda: model.lattice(images, states)),
+        timed("f1", lambda: model.attention_map(grid)),
+        timed("perception", lambda: model.perception(gated)),
+    ]
 
 
 def _train_model(model: ALAModel, config: RunConfig, full: bool, seed: int) -> ALAModel:
@@ -441,6 +471,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         )
     lines.append("")
     lines.append("`insdel` counts model passes (2·(steps+1) per image); ratio = images/s over the forward's.")
+    parts = result["ala_parts"]
+    shares = ", ".join(f"{name} {100 * share:.1f} %" for name, share in parts.items())
+    lines.append(
+        f"ALA's parts, each timed alone, as a share of the backbone pass's time: {shares} "
+        f"(together {100 * sum(parts.values()):.1f} %)."
+    )
     for row in result["rows"]:
         if "ratio_to_model" in row:
             lines.append(

@@ -151,16 +151,28 @@ class ALAModel(Classifier):
         """Every output of one pass; `ala_logits=False` skips f2, which only the loss reads (prediction and
         explanation leave it out)."""
         states = self.backbone.hidden_states(images)
+        features, alpha = self.attention_map(self.lattice(images, states))
+        logits = self.perception(self.gated_last(states, alpha))
+        logits_ala = self.ala_head(features) if ala_logits else None
+        return ALAOutput(logits=logits, logits_ala=logits_ala, alpha=alpha.squeeze(1))
+
+    def lattice(self, images: Tensor, states: list[Tensor]) -> Tensor:
+        """The ALA former's output grid (B, d, G, G), the chosen VFM states injected."""
         injected = [self.backbone.patch_grid(states[j]) for j in self.inject_from]
-        features = self.map_features(self.former(self.backbone.normalize(images), injected))
-        alpha = torch.sigmoid(self.map_out(features))
+        return self.former(self.backbone.normalize(images), injected)
+
+    def attention_map(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+        """f1: (F (B, C_a, G, G), alpha (B, 1, G, G))."""
+        features = self.map_features(grid)
+        return features, torch.sigmoid(self.map_out(features))
+
+    def gated_last(self, states: list[Tensor], alpha: Tensor) -> Tensor:
+        """h^(k)'s patch grid times h_ALA (alpha, or ones in AEA's even epochs) resized to that grid."""
         last = self.backbone.patch_grid(states[-1])
         gate = alpha if self.use_map else torch.ones_like(alpha)
         if gate.shape[-1] != last.shape[-1]:
             gate = F.interpolate(gate, size=last.shape[-2:], mode="bilinear", align_corners=False)
-        logits = self.perception(last * gate)
-        logits_ala = self.ala_head(features) if ala_logits else None
-        return ALAOutput(logits=logits, logits_ala=logits_ala, alpha=alpha.squeeze(1))
+        return last * gate
 
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_all(images, ala_logits=False).logits
