@@ -185,6 +185,21 @@ def test_other_settings_in_the_same_folder_are_refused(run, registry, tmp_path: 
         _evaluate(model, subset, tmp_path, methods=["brightness"], method_options={"brightness": {"x": 1}})
 
 
+def test_bf16_evaluation_records_its_precision_and_keeps_float32_scores(run, registry, tmp_path: Path) -> None:
+    model, _, dataset, _ = run
+    subset = Subset(dataset, [0, 1, 2])
+    fp32 = _evaluate(model, subset, tmp_path / "fp32", methods=["ala"])
+    bf16 = _evaluate(model, subset, tmp_path / "bf16", methods=["ala"], precision="bf16")
+    precisions = [metrics["config"]["evaluation"]["precision"] for metrics in (fp32, bf16)]
+    assert precisions == ["fp32", "bf16"]
+    scores = load_per_image(tmp_path / "bf16").methods["ala"]
+    assert {v.dtype for v in scores.values()} <= {np.dtype(np.float32), np.dtype(np.int64)}
+    for metric in ("miou", "insertion", "deletion"):
+        assert bf16["methods"]["ala"][metric] == pytest.approx(fp32["methods"]["ala"][metric], abs=0.05), metric
+    with pytest.raises(VfmxaiError, match="precision"):  # a resumed evaluation keeps its precision
+        _evaluate(model, subset, tmp_path / "bf16", methods=["ala"], precision="fp32")
+
+
 def test_linear_probe_reports_ala_inapplicable(run, registry, tmp_path: Path) -> None:
     model, _, dataset, _ = run
     probe = LinearProbe(model.backbone, dataset.num_classes).eval()
@@ -201,6 +216,15 @@ def test_evaluate_run_loads_the_run_folder(run, registry, tmp_path: Path) -> Non
     direct = _evaluate(model, dataset, tmp_path / "direct", methods=["brightness"], config=config)
     assert metrics["methods"] == direct["methods"] and metrics["accuracy"] == direct["accuracy"]
     assert metrics["config"]["run"]["data"]["n_test"] == 8
+
+
+def test_loader_workers_give_the_same_metrics_and_bad_counts_are_refused(run, registry, tmp_path: Path) -> None:
+    model, config, dataset, _ = run
+    in_process = _evaluate(model, dataset, tmp_path / "in_process", methods=["brightness"])
+    with_workers = _evaluate(model, dataset, tmp_path / "workers", methods=["brightness"], num_workers=2)
+    assert with_workers["methods"] == in_process["methods"] and with_workers["accuracy"] == in_process["accuracy"]
+    with pytest.raises(VfmxaiError, match="^--num-workers must be >= 0, got -1$"):
+        _evaluate(model, dataset, tmp_path / "bad", methods=["brightness"], num_workers=-1)
 
 
 def test_bad_methods_and_missing_masks_are_user_errors(run, registry, tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ comparable on a shared machine. A row reports the median over rounds and the min
 `clock="cpu"` times with the process's CPU time instead of the wall clock: on a CPU shared with other
 jobs, time spent waiting for a core is then not counted, so ratios stay meaningful under any load (all
 threads' time adds up: with several threads it measures work, not latency; CPU devices only).
-Everything runs in fp32 (no autocast), as evaluation does; on CUDA the device is synchronised around
-every timed call.
+Every task runs in `precision` (`vfmxai.runtime.autocast`; auto: bf16 autocast on a GPU, fp32 on a CPU), as
+evaluation and training do; on CUDA the device is synchronised around every timed call.
 
 Peak memory (`peak_mem_mb`, MiB, the largest over the timed calls of the task): on CUDA,
 `torch.cuda.max_memory_allocated` during the call minus the memory allocated just before it (the task's
@@ -64,6 +64,7 @@ from vfmxai.config import RunConfig, preset
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json, atomic_write_text
 from vfmxai.metrics import insertion_deletion
+from vfmxai.runtime import autocast, resolve_precision
 
 DEFAULT_METHODS = (
     "ala",
@@ -161,6 +162,7 @@ def run_bench(
     seed: int = 0,
     clock: str = "wall",
     echo: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Measure every task (module docstring), write `out/bench.json` and `out/bench.md` (when `out` is given),
     print the table (when `echo`), return bench.json's content.
@@ -173,6 +175,7 @@ def run_bench(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if clock not in CLOCKS or (clock == "cpu" and dev.type != "cpu"):
         raise VfmxaiError(f"--clock {clock}: use wall, or cpu on a CPU device")
+    resolved = resolve_precision(precision, dev)
     reference = load_backbone(backbone, image_size, seed=seed).to(dev).eval()
     size = reference.image_size
     config = copy.deepcopy(config) if config is not None else bench_config(backbone, size)
@@ -219,12 +222,12 @@ def run_bench(
         trained = _train_model(model, config, full=kind == "full_finetune", seed=seed)
         tasks.append(_Task(f"train_step:{kind}", _train_step(trained, config, images, targets), batch_size))
 
-    with merged_lora(model):
+    with merged_lora(model), autocast(resolved, dev):
         _measure(tasks, dev, repeats, warmup, CLOCKS[clock], echo)
         parts = _adapter_parts(model, images)
         _measure(parts, dev, repeats, warmup, CLOCKS[clock], echo=False)
     result = _result(tasks, reference, dev, backbone, size, batch_size, repeats, warmup)
-    result["clock"] = clock
+    result["clock"], result["precision"] = clock, resolved
     backbone_seconds = statistics.median(parts[0].seconds)
     result["ala_parts"] = {p.name: statistics.median(p.seconds) / backbone_seconds for p in parts[1:]}
     table = render_markdown(result)
@@ -404,7 +407,6 @@ def _result(
         "image_size": image_size,
         "repeats": repeats,
         "warmup": warmup,
-        "precision": "fp32",
         "torch": torch.__version__,
         "reference": {
             "task": "forward",

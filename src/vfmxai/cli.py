@@ -13,6 +13,7 @@ from pathlib import Path
 from vfmxai.errors import VfmxaiError
 
 DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
+PRECISION_HELP = "auto (bf16 autocast on a GPU, fp32 on a CPU), bf16 or fp32"
 
 
 def _methods(value: str) -> list[str]:
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--batch-size", default=8, type=int)
     explain.add_argument("--device", default="cpu")
     explain.add_argument("--per-block", action="store_true", help="with daam: the map accumulated block by block")
+    explain.add_argument("--precision", default="auto", help=PRECISION_HELP)
     explain.add_argument("inputs", nargs="+")
 
     evaluate = sub.add_parser("evaluate", help="every method x a dataset split x every metric -> metrics.json")
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--device")
     bench.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="cpu: process CPU time (shared hosts)")
+    bench.add_argument("--precision", default="auto", help=PRECISION_HELP)
     return parser
 
 
@@ -110,6 +113,10 @@ def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--substrate", default="black", choices=("black", "blur", "mean"))
     parser.add_argument("--target", default="given", choices=("given", "predicted"), help="class scored")
     parser.add_argument("--threshold", default=0.5, type=float, help="IoU threshold τ")
+    parser.add_argument(
+        "--num-workers", type=int, help="data-loading processes (default: 0 on a CPU, up to 8 on a GPU)"
+    )
+    parser.add_argument("--precision", default="auto", help=PRECISION_HELP)
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -121,6 +128,8 @@ def _evaluation_options(args: argparse.Namespace) -> dict:
         "substrate": args.substrate,
         "target_mode": args.target,
         "threshold": args.threshold,
+        "num_workers": args.num_workers,
+        "precision": args.precision,
         "progress": not args.no_progress,
     }
 
@@ -139,7 +148,8 @@ def _run(args: argparse.Namespace) -> int:
         from vfmxai.explain import explain_files
 
         predictions = explain_files(
-            args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device, args.per_block
+            args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device, args.per_block,
+            args.precision,
         )
         print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
         return 0
@@ -170,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         run_bench(
             args.out, args.backbone, args.image_size, args.batch_size, args.repeats, args.warmup,
             methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps, device=args.device,
-            clock=args.clock, train=[t for t in args.train if t != "none"],
+            clock=args.clock, train=[t for t in args.train if t != "none"], precision=args.precision,
         )
         return 0
     if args.command == "reproduce":

@@ -23,6 +23,7 @@ from vfmxai.data.images import DECODABLE_SUFFIXES, open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text
 from vfmxai.maps import normalize_maps, resize_maps
+from vfmxai.runtime import autocast
 from vfmxai.training.checkpoint import load_run
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
@@ -107,8 +108,11 @@ def explain_files(
     batch_size: int = 8,
     device: str = "cpu",
     per_block: bool = False,
+    precision: str = "auto",
 ) -> dict[str, dict]:
     """Explain every image with every method; returns and writes `predictions.json` (class, probability).
+
+    `precision`: as `vfmxai.runtime.autocast` (auto: bf16 on a GPU); the maps written are float32.
 
     `per_block` (with method `daam`) also writes `<name>.daam.blocks.png`: the DAAM map accumulated over
     blocks 1..b for every b, left to right, each column scaled to [0, 1] for display.
@@ -124,7 +128,7 @@ def explain_files(
     out = Path(out)
     size = config.backbone.image_size
     predictions: dict[str, dict] = {}
-    with merged_lora(model):
+    with merged_lora(model), autocast(precision, device):
         for start in range(0, len(paths), batch_size):
             _explain_chunk(model, methods, paths[start : start + batch_size], size, class_names, out, predictions,
                            device, per_block)
@@ -138,7 +142,7 @@ def _explain_chunk(model, methods: list[str], chunk: list[Path], size: int, clas
     decoded = [open_image(p) for p in chunk]
     batch = torch.stack([model_input(im, size) for im in decoded]).to(device)
     with torch.no_grad():
-        probs = model(batch).softmax(dim=1)
+        probs = model(batch).float().softmax(dim=1)
     predicted = probs.argmax(dim=1)
     for path, cls, p in zip(chunk, predicted.tolist(), probs.max(dim=1).values.tolist(), strict=True):
         predictions[path.stem] = {"file": str(path), "class": cls, "class_name": class_names[cls], "probability": p}

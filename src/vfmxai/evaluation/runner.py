@@ -18,7 +18,8 @@ without the low-rank branch's extra cost on every pass.
 Output folder (DESIGN §6): metrics.json, timing.json, metrics.csv, table.md, curves.png, grid.png, plus
 per_image.csv (one row per image and method) and per_image/ (the resumable raw results).
 metrics.json holds no clock or path: with the same inputs on CPU it is the same bytes on every run.
-Evaluation runs in fp32 (no autocast) with the model in eval mode: the scores are the numbers reported.
+The model runs in eval mode, in `precision` (`vfmxai.runtime.autocast`: auto = bf16 autocast on a GPU, fp32 on
+a CPU; recorded in metrics.json); maps, probabilities and every score are float32 whatever the precision.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +77,7 @@ from vfmxai.metrics import (
     pointing_game,
 )
 from vfmxai.metrics.perturbation import SUBSTRATES, TARGET_MODES
+from vfmxai.runtime import autocast, resolve_precision
 from vfmxai.viz.curves import save_insdel_curves
 from vfmxai.viz.grid import save_grid
 
@@ -120,7 +123,8 @@ def evaluate(
     batch_size: int = 16,
     perturb_batch_size: int = 64,
     n_grid: int = 4,
-    num_workers: int = 0,
+    num_workers: int | None = None,
+    precision: str = "auto",
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
     dataset_name: str = "",
@@ -160,6 +164,7 @@ def evaluate(
         "batch_size": batch_size,
         "perturb_batch_size": perturb_batch_size,
         "n_grid": n_grid,
+        "precision": resolve_precision(precision, device),
         "run_config": _jsonable(config, "config"),
     }
     store = ResultStore(out / PER_IMAGE_DIR)
@@ -184,9 +189,10 @@ def evaluate(
         dataset,
         batch_sampler=[list(range(s, min(s + batch_size, n_images))) for s in pending],
         collate_fn=collate,
-        num_workers=num_workers,
+        num_workers=_loader_workers(num_workers, device),
+        pin_memory=device.type == "cuda",  # workers decode the next batches while the GPU works on this one
     )
-    with merged_lora(model), contextlib.closing(bars):
+    with merged_lora(model), contextlib.closing(bars), autocast(precision, device):
         for start, batch in zip(pending, loader, strict=True):
             images, masks, labels = _batch_tensors(batch, device, dataset_name, split)
             if start not in records[PREDICTIONS]:
@@ -283,13 +289,24 @@ def _device(model: Classifier) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+def _loader_workers(requested: int | None, device: torch.device) -> int:
+    """None: decode in this process on a CPU (workers would take the cores the model runs on); on a GPU, one
+    worker per spare core up to 8, so decoding and resizing the next batches overlap the model's work."""
+    if requested is not None:
+        if requested < 0:
+            raise VfmxaiError(f"--num-workers must be >= 0, got {requested}")
+        return requested
+    return min(8, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
+
+
 def _batch_tensors(batch: dict[str, Any], device: torch.device, dataset_name: str, split: str) -> tuple[Tensor, ...]:
     if not bool(batch["has_mask"].all()):
         first = batch["id"][int((~batch["has_mask"]).nonzero()[0])]
         raise VfmxaiError(
             f"dataset {dataset_name} split {split}: image {first!r} has no object mask; every evaluated image needs one"
         )
-    return batch["image"].to(device), batch["mask"].to(device), batch["label"].to(device)
+    pinned = device.type == "cuda"  # the loader pins on CUDA, so the copies can overlap the host's work
+    return tuple(batch[key].to(device, non_blocking=pinned) for key in ("image", "mask", "label"))
 
 
 def _sync(device: torch.device) -> None:

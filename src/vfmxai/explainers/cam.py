@@ -150,7 +150,7 @@ class ScoreCAM(Explainer):
         self._taps = _HiddenStateTaps(self, [self.layer])
 
     def _probs(self, images: Tensor, targets: Tensor) -> Tensor:
-        return self.classifier(images).softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
+        return self.classifier(images).float().softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
 
     @torch.no_grad()
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
