@@ -23,7 +23,7 @@ from vfmxai.data.images import DECODABLE_SUFFIXES, open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text
 from vfmxai.maps import normalize_maps, resize_maps
-from vfmxai.runtime import autocast
+from vfmxai.runtime import autocast, resolve_precision
 from vfmxai.training.checkpoint import load_run
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
@@ -119,6 +119,7 @@ def explain_files(
     """
     if per_block and "daam" not in methods:
         raise VfmxaiError("--per-block draws DAAM's block-by-block maps: add daam to --method")
+    precision = resolve_precision(precision, device)
     model, config, class_names = load_run(run_dir, device)
     unknown = [m for m in methods if m not in explainers.available()]
     if unknown:
