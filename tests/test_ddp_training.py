@@ -40,7 +40,9 @@ def _train_ddp(config: RunConfig, out: Path, *extra: str) -> subprocess.Complete
     config.train.devices = "2"
     command = [str(CLI), "train", "--dataset", "synthetic", "--out", str(out), "--devices", "2", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*command, *_overrides(config), *extra], capture_output=True, text=True, env=env)
+    return subprocess.run(  # a timeout: a rank that dies can leave the other waiting in a collective
+        [*command, *_overrides(config), *extra], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def _log(run: Path) -> list[list[str]]:
