@@ -8,6 +8,7 @@ so the expected numbers can be computed here directly with `vfmxai.metrics`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch.utils.data import Subset
 import vfmxai.training
 from vfmxai.ala import build_model
 from vfmxai.classifier import LinearProbe
+from vfmxai.data import loader_workers
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation import METHODS, METRICS, evaluate, evaluate_run, load_per_image, reproduce
 from vfmxai.explainers import base
@@ -223,8 +225,14 @@ def test_loader_workers_give_the_same_metrics_and_bad_counts_are_refused(run, re
     in_process = _evaluate(model, dataset, tmp_path / "in_process", methods=["brightness"])
     with_workers = _evaluate(model, dataset, tmp_path / "workers", methods=["brightness"], num_workers=2)
     assert with_workers["methods"] == in_process["methods"] and with_workers["accuracy"] == in_process["accuracy"]
-    with pytest.raises(VfmxaiError, match="^--num-workers must be >= 0, got -1$"):
+    with pytest.raises(VfmxaiError, match="^--num-workers must be an integer >= 0, got -1$"):
         _evaluate(model, dataset, tmp_path / "bad", methods=["brightness"], num_workers=-1)
+    spare = min(8, max(0, (os.cpu_count() or 1) - 1))
+    assert (loader_workers(None, on_gpu=False), loader_workers(None, on_gpu=True), loader_workers(3, False)) == (
+        0, spare, 3
+    )
+    with pytest.raises(VfmxaiError, match="^train.num_workers must be an integer >= 0, got two$"):
+        loader_workers("two", False, "train.num_workers")
 
 
 def test_bad_methods_and_missing_masks_are_user_errors(run, registry, tmp_path: Path) -> None:

@@ -216,7 +216,8 @@ def test_resume_with_another_config_is_refused_naming_the_fields(unbroken, chang
     with pytest.raises(VfmxaiError) as info:
         train(config, unbroken, resume=True, progress=False)
     message = str(info.value)
-    assert "\n" not in message and message.startswith("--resume:") and "only train.epochs may change" in message
+    assert "\n" not in message and message.startswith("--resume:")
+    assert "only train.epochs, train.num_workers may change" in message
     assert f"in {len(fields)} field(s)" in message
     for field in fields:
         assert field in message
@@ -230,4 +231,4 @@ def test_cli_resume_with_other_flags_is_a_one_line_error(unbroken, capsys):
                  "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and err.startswith("vfmxai: error: --resume:"), err
-    assert "backbone.image_size: 32 saved, 64 requested" in err and "more); only train.epochs" in err
+    assert "backbone.image_size: 32 saved, 64 requested" in err and "more); only train.epochs, train.num_workers" in err

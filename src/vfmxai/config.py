@@ -85,7 +85,8 @@ class TrainConfig:
     crop_scale: float = 0.85
     """Random crop keeps this fraction of each side (then resized back); 1.0 switches cropping off."""
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = None
+    """Data-loading processes per training process; None: 0 on a CPU, up to 8 on a GPU (`data.loader_workers`)."""
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1

@@ -6,6 +6,7 @@ every problem of a dataset on disk in one pass.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,16 @@ DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 600, "n_val": 120, "n_test": 120, "size": 64, "task": "demo"}
 """Options of the synthetic dataset (`synthetic_opts`), with their defaults."""
+
+
+def loader_workers(requested: int | None, on_gpu: bool, option: str = "--num-workers") -> int:
+    """Data-loading worker processes. None: none on a CPU (workers would take the cores the model runs on);
+    on a GPU one per spare core up to 8, so decoding and resizing the next batches overlap the model's work."""
+    if requested is None:
+        return min(8, max(0, (os.cpu_count() or 1) - 1)) if on_gpu else 0
+    if not isinstance(requested, int) or requested < 0:
+        raise VfmxaiError(f"{option} must be an integer >= 0, got {requested}")
+    return requested
 
 
 def _check_name(name: str) -> None:

@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from vfmxai import explainers
 from vfmxai.backbones.lora import merged_lora
 from vfmxai.classifier import Classifier
-from vfmxai.data import collate
+from vfmxai.data import collate, loader_workers
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.report import (
     METHODS,
@@ -189,7 +188,7 @@ def evaluate(
         dataset,
         batch_sampler=[list(range(s, min(s + batch_size, n_images))) for s in pending],
         collate_fn=collate,
-        num_workers=_loader_workers(num_workers, device),
+        num_workers=loader_workers(num_workers, device.type == "cuda"),
         pin_memory=device.type == "cuda",  # workers decode the next batches while the GPU works on this one
     )
     with merged_lora(model), contextlib.closing(bars), autocast(precision, device):
@@ -287,16 +286,6 @@ def _jsonable(value: Any, name: str) -> Any:
 def _device(model: Classifier) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _loader_workers(requested: int | None, device: torch.device) -> int:
-    """None: decode in this process on a CPU (workers would take the cores the model runs on); on a GPU, one
-    worker per spare core up to 8, so decoding and resizing the next batches overlap the model's work."""
-    if requested is not None:
-        if requested < 0:
-            raise VfmxaiError(f"--num-workers must be >= 0, got {requested}")
-        return requested
-    return min(8, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
 
 
 def _batch_tensors(batch: dict[str, Any], device: torch.device, dataset_name: str, split: str) -> tuple[Tensor, ...]:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vfmxai.ala import ALAModel, build_model
 from vfmxai.config import RunConfig
-from vfmxai.data import get_dataset
+from vfmxai.data import get_dataset, loader_workers
 from vfmxai.errors import VfmxaiError
 from vfmxai.runtime import flush_denormals
 from vfmxai.training.callbacks import (
@@ -52,13 +52,15 @@ class EpochShuffle(Sampler[int]):
 
 def _loader(dataset: Dataset, config: RunConfig, shuffle: bool) -> DataLoader:
     tc = config.train
+    on_gpu = torch.cuda.is_available() and tc.accelerator in ("auto", "gpu", "cuda")
+    workers = loader_workers(tc.num_workers, on_gpu, "train.num_workers")
     return DataLoader(
         dataset,
         batch_size=tc.batch_size,
         sampler=EpochShuffle(len(dataset), tc.seed) if shuffle else None,
-        num_workers=tc.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=tc.num_workers > 0,
+        num_workers=workers,
+        pin_memory=on_gpu,
+        persistent_workers=workers > 0,
     )
 
 
@@ -81,9 +83,10 @@ def dataset_split(config: RunConfig, split: str, image_size: int) -> Dataset:
     )
 
 
-RESUMABLE_FIELDS = ("train.epochs",)
+RESUMABLE_FIELDS = ("train.epochs", "train.num_workers")
 """The only config fields a resumed run may change: anything else would make `config.json` describe a
-run other than the one whose weights and optimiser state `last.ckpt` holds."""
+run other than the one whose weights and optimiser state `last.ckpt` holds (the loader's worker count
+changes where images are decoded, not which or in what order)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
