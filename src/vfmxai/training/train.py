@@ -21,7 +21,7 @@ from vfmxai.ala import ALAModel, build_model
 from vfmxai.config import RunConfig
 from vfmxai.data import get_dataset, loader_workers
 from vfmxai.errors import VfmxaiError
-from vfmxai.runtime import flush_denormals
+from vfmxai.runtime import flush_denormals, resolve_precision
 from vfmxai.training.callbacks import (
     AlternatingEpochArchitect,
     BestWeights,
@@ -64,10 +64,14 @@ def _loader(dataset: Dataset, config: RunConfig, shuffle: bool) -> DataLoader:
     )
 
 
+LIGHTNING_PRECISION = {"bf16": "bf16-mixed", "fp32": "32-true"}
+
+
 def _precision(config: RunConfig) -> str:
+    """`train.precision` as Lightning names it; `auto` by the same rule as explaining and evaluating."""
     if config.train.precision != "auto":
         return config.train.precision
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    return LIGHTNING_PRECISION[resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")]
 
 
 def datasets_for(config: RunConfig, image_size: int) -> dict[str, Dataset]:
