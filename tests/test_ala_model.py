@@ -16,7 +16,7 @@ def test_inject_layers_both_readings_and_ablation():
     config.inject_layers = "0,6,12"
     assert inject_indices(config, 12) == [0, 6, 12]
     config.lattice = False
-    assert inject_indices(config, 12) == [12]
+    assert inject_indices(config, 12) == []
     with pytest.raises(VfmxaiError, match="inject_layers"):
         inject_indices(ALAConfig(inject_layers="0,13"), 12)
 
@@ -113,3 +113,99 @@ def test_prediction_and_explanation_skip_f2_and_keep_the_same_outputs():
     upsampled = torch.nn.functional.interpolate(full.alpha[:, None], size=(32, 32), mode="bilinear")
     torch.testing.assert_close(maps, upsampled[:, 0], rtol=0, atol=0)
     assert len(calls) == 1 and model.forward_all(images, ala_logits=False).logits_ala is None
+
+
+def test_f2_reads_h_ala_so_even_epochs_leave_only_the_pb_loss_on_lora():
+    """Paper §4.2: f2 takes h_ALA. In an even AEA epoch h_ALA is all-ones, so p_ALA is the same for every image
+    and the gradient reaching LoRA is that of CE(p_PB) alone; with f2 on the features it is not."""
+    model = _tiny_model()
+    model.use_map = False
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    out = model.forward_all(images)
+    torch.testing.assert_close(out.logits_ala, out.logits_ala[:1].expand_as(out.logits_ala))
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    full = torch.autograd.grad(model.loss(out, labels), lora, allow_unused=True)
+    pb_only = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(model.forward_all(images).logits, labels), lora, allow_unused=True
+    )
+    for a, b in zip(full, pb_only, strict=True):
+        torch.testing.assert_close(a, b)
+
+    config = tiny_run_config()
+    config.model.num_classes, config.model.ala_head_input = 6, "features"
+    features_model = build_model(config)
+    features_model.use_map = False
+    out = features_model.forward_all(images)
+    assert not torch.allclose(out.logits_ala, out.logits_ala[:1].expand_as(out.logits_ala))
+
+
+def test_f2_reads_the_map_in_odd_epochs():
+    model = _tiny_model()
+    seen = {}
+    model.ala_head.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    out = model.forward_all(torch.rand(2, 3, 32, 32))
+    torch.testing.assert_close(seen["x"], out.alpha[:, None])
+
+
+def test_without_the_lattice_the_map_ignores_every_backbone_block():
+    """The no-lattice ablation injects no VFM state: perturbing every block's weights leaves alpha unchanged."""
+    config = tiny_run_config()
+    config.model.num_classes, config.model.lattice = 6, False
+    model = build_model(config).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model.forward_all(images).alpha
+        for p in model.backbone.blocks.parameters():
+            p.add_(torch.randn_like(p))
+        after = model.forward_all(images).alpha
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert len(model.former.inject) == 0
+
+
+def test_image_map_norm_standardises_the_logits_within_each_image():
+    config = tiny_run_config()
+    config.model.num_classes, config.model.map_norm = 6, "image"
+    model = build_model(config)
+    alpha = model.forward_all(torch.rand(3, 3, 32, 32)).alpha
+    logits = torch.logit(alpha.double()).flatten(1)
+    torch.testing.assert_close(logits.mean(1), torch.zeros(3, dtype=torch.double), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits.std(1, correction=0), torch.ones(3, dtype=torch.double), atol=1e-3, rtol=0)
+
+
+def test_pb_token_norm_standardises_each_token_before_the_gate():
+    config = tiny_run_config()
+    config.model.num_classes, config.model.pb_token_norm = 6, "layernorm"
+    model = build_model(config)
+    model.use_map = False
+    seen = {}
+    model.perception.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    model.forward_all(torch.rand(2, 3, 32, 32))
+    tokens = seen["x"].flatten(2)
+    torch.testing.assert_close(tokens.mean(1), torch.zeros_like(tokens[:, 0]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("field", ["ala_head_input", "map_norm", "pb_token_norm"])
+def test_unknown_reading_is_one_line_naming_the_field(field):
+    config = tiny_run_config()
+    config.model.num_classes = 6
+    setattr(config.model, field, "banana")
+    with pytest.raises(VfmxaiError, match=f"model.{field}='banana'"):
+        build_model(config)
+
+
+def test_zero_head_init_predicts_uniform_at_step_zero():
+    config = tiny_run_config()
+    config.model.num_classes, config.model.head_init = 6, "zeros"
+    out = build_model(config).forward_all(torch.rand(2, 3, 32, 32))
+    assert torch.equal(out.logits, torch.zeros_like(out.logits))
+    assert torch.equal(out.logits_ala, torch.zeros_like(out.logits_ala))
+
+
+def test_mean_gate_norm_divides_alpha_by_its_grid_mean_and_leaves_ones():
+    config = tiny_run_config()
+    config.model.num_classes, config.model.gate_norm = 6, "mean"
+    model = build_model(config)
+    alpha = torch.rand(2, 1, 4, 4) + 0.1
+    torch.testing.assert_close(model.h_ala(alpha), alpha / alpha.mean(dim=(2, 3), keepdim=True))
+    model.use_map = False
+    assert torch.equal(model.h_ala(alpha), torch.ones_like(alpha))

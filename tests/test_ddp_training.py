@@ -74,3 +74,64 @@ def test_two_ranks_step_like_one_process_with_their_joint_batch_and_resume(tmp_p
     assert result.returncode == 0, result.stderr[-2000:]
     assert [row[:2] for row in _log(ddp)] == [["1", "map"], ["2", "ones"]]
     assert _log(ddp)[0] == ddp_row  # the resumed run kept epoch 1's row
+
+
+SNAPSHOT_SCRIPT = '''
+import sys
+import lightning as L
+import torch
+sys.path.insert(0, {tests!r})
+from run_fixtures import tiny_run_config
+from vfmxai.training import train
+
+
+class Snapshot(L.Callback):
+    """Every rank saves the adapter's and the perception branch's weights after each epoch."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        model = pl_module.model
+        adapter = {{f"{{i}}.{{k}}": v.detach().clone() for i, m in enumerate(model.adapter_modules())
+                    for k, v in m.state_dict().items()}}
+        perception = {{k: v.detach().clone() for k, v in model.perception.state_dict().items()}}
+        torch.save({{"adapter": adapter, "perception": perception}},
+                   f"{{sys.argv[1]}}/snap-{{trainer.global_rank}}-{{trainer.current_epoch + 1}}.pt")
+
+
+config = tiny_run_config(batch_size=int(sys.argv[3]), epochs=3, flip=False, crop_scale=1.0, accelerator="cpu")
+config.data.n_train = 16
+config.train.devices = sys.argv[2]
+train(config, sys.argv[1] + "/run", progress=False, callbacks=[Snapshot()])
+'''
+
+
+def _snapshots(tmp_path: Path, name: str, devices: str, batch_size: int) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    script = tmp_path / "snapshot_train.py"
+    script.write_text(SNAPSHOT_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), devices, str(batch_size)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_aea_under_ddp_freezes_the_adapter_bit_for_bit_in_even_epochs(tmp_path: Path) -> None:
+    """Three epochs in one DDP process group (AEA freezes the adapter from epoch 2 on, unfreezes it in epoch 3):
+    no crash, the adapter's weights after the even epoch equal those after epoch 1 bit for bit on both ranks
+    (no AdamW moment or weight-decay step touched them), and the run matches one process with the joint batch."""
+    ddp = _snapshots(tmp_path, "ddp", "2", 8)
+    single = _snapshots(tmp_path, "single", "1", 16)
+    for rank in (0, 1):
+        one, two, three = (torch.load(ddp / f"snap-{rank}-{e}.pt", weights_only=True) for e in (1, 2, 3))
+        for key, value in one["adapter"].items():
+            assert torch.equal(two["adapter"][key], value), key
+        assert any(not torch.equal(three["adapter"][k], v) for k, v in two["adapter"].items())
+        assert any(not torch.equal(two["perception"][k], v) for k, v in one["perception"].items())
+    reference = torch.load(single / "snap-0-3.pt", weights_only=True)
+    final = torch.load(ddp / "snap-0-3.pt", weights_only=True)
+    for part in ("adapter", "perception"):
+        for key, value in reference[part].items():
+            torch.testing.assert_close(final[part][key], value, rtol=1e-3, atol=1e-4, msg=key)

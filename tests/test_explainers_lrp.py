@@ -157,3 +157,17 @@ def test_options_are_validated():
         get("lrp", model, softmax_rule="gamma")
     with pytest.raises(VfmxaiError, match="level"):
         get("lrp", model, level="token")
+
+
+def test_identity_rule_gain_near_zero_is_the_activations_limit():
+    """f(x)/x -> 1/2 as x -> 0 for GELU, QuickGELU and SiLU; the rule used to set it to 0 below |x| < 1e-6."""
+    from transformers.activations import QuickGELUActivation
+
+    from vfmxai.explainers.lrp import _identity_rule
+
+    x = torch.tensor([0.0, 1e-8, -1e-7, 0.5, -2.0], dtype=torch.float64, requires_grad=True)
+    for activation in (torch.nn.GELU(), QuickGELUActivation(), torch.nn.SiLU()):
+        out = _identity_rule(activation, (x,), activation(x))
+        (gain,) = torch.autograd.grad(out.sum(), x)
+        torch.testing.assert_close(gain[:3], torch.full((3,), 0.5, dtype=torch.float64), atol=1e-6, rtol=0)
+        torch.testing.assert_close(gain[3:], (activation(x) / x).detach()[3:])

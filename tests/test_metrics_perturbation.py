@@ -63,20 +63,30 @@ def test_curves_and_aucs_by_hand():
     assert id_score(res.insertion, res.deletion).item() == pytest.approx(0.1625)
 
 
-def test_constant_map_uses_raster_order_deterministically():
-    # Raster order 0.9, 0.1, 0.5, 0.3: insertion s_n = 0.2, 1.5/4, 1.4/4, 1.7/4, 1.8/4.
+def test_constant_map_follows_the_seeded_permutation_deterministically():
+    # red values in raster order 0.9, 0.1, 0.5, 0.3; a flat map inserts them in the order of randperm(4, seed)
     image = two_by_two()
     kwargs = dict(steps=4, substrate="mean", substrate_value=GREY)
     first = insertion_deletion(mean_red, image, torch.ones(1, 2, 2), [0], **kwargs)
     again = insertion_deletion(mean_red, image, torch.ones(1, 2, 2), [0], **kwargs)
-    assert first.insertion_curve[0].tolist() == pytest.approx([0.2, 0.375, 0.35, 0.425, 0.45])
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(0)).tolist()
+    red, values = [0.9, 0.1, 0.5, 0.3], [0.2] * 4
+    expected = [0.2]
+    for pixel in order:
+        values[pixel] = red[pixel]
+        expected.append(sum(values) / 4)
+    assert first.insertion_curve[0].tolist() == pytest.approx(expected)
     assert torch.equal(first.insertion_curve, again.insertion_curve)
     assert torch.equal(first.deletion_curve, again.deletion_curve)
 
 
-def test_pixel_ranks_break_ties_by_raster_index():
+def test_pixel_ranks_break_ties_by_the_seeded_permutation():
     maps = torch.tensor([[[1.0, 2.0], [2.0, 0.0]], [[5.0, 5.0], [5.0, 5.0]]])
-    assert pixel_ranks(maps).tolist() == [[2, 0, 1, 3], [0, 1, 2, 3]]
+    shuffle = torch.randperm(4, generator=torch.Generator().manual_seed(0)).tolist()
+    first_two = sorted([1, 2], key=shuffle.index)  # the tied 2.0s in permutation order
+    ranks = pixel_ranks(maps).tolist()
+    assert ranks[0][first_two[0]] == 0 and ranks[0][first_two[1]] == 1 and ranks[0][0] == 2 and ranks[0][3] == 3
+    assert [shuffle.index(i) for i in range(4)] == ranks[1]
 
 
 def test_uniform_image_gives_linear_curves():
@@ -211,3 +221,46 @@ def test_cuda_matches_cpu():
     assert gpu.insertion_curve.is_cuda
     torch.testing.assert_close(gpu.insertion_curve.cpu(), cpu.insertion_curve, atol=1e-4, rtol=0)
     torch.testing.assert_close(gpu.deletion_curve.cpu(), cpu.deletion_curve, atol=1e-4, rtol=0)
+
+
+class _TopHalfEvidence(torch.nn.Module):
+    """Class 1's logit is 4 x the mean of the top half's pixels: all evidence lies in the top half."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        top = images[:, :, : images.shape[2] // 2].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(top), 4 * top], dim=1)
+
+
+def test_a_constant_map_inserts_in_random_order_not_top_half_first():
+    """Raster-order ties would insert the top half (all the evidence) first: insertion far above a random
+    order's. With the permutation rule a flat map scores like random orders do."""
+    from vfmxai.metrics.perturbation import insertion_deletion
+
+    images = torch.ones(1, 3, 16, 16)
+    flat = torch.zeros(1, 16, 16)
+    model = _TopHalfEvidence()
+    ours = float(insertion_deletion(model, images, flat, [1], steps=32).insertion)
+    top_first = torch.zeros(1, 16, 16)
+    top_first[:, :8] = 1.0
+    raster = float(insertion_deletion(model, images, top_first, [1], steps=32).insertion)
+    randoms = [
+        float(insertion_deletion(model, images, torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(s)),
+                                 [1], steps=32).insertion)
+        for s in range(8)
+    ]
+    spread = max(randoms) - min(randoms)
+    assert abs(ours - sum(randoms) / len(randoms)) < max(spread, 0.02)
+    assert raster - ours > 0.05 > spread
+
+
+def test_tie_order_is_fixed_by_the_seed_and_strict_orders_are_unchanged():
+    from vfmxai.metrics.perturbation import pixel_ranks
+
+    flat = torch.zeros(2, 5, 5)
+    assert torch.equal(pixel_ranks(flat, 3), pixel_ranks(flat, 3))
+    assert not torch.equal(pixel_ranks(flat, 3), pixel_ranks(flat, 4))
+    assert torch.equal(pixel_ranks(flat, 3)[0], pixel_ranks(flat, 3)[1])  # batch-independent
+    strict = torch.randperm(25, generator=torch.Generator().manual_seed(0)).float().view(1, 5, 5)
+    expected = torch.argsort(torch.argsort(strict.flatten(1), dim=1, descending=True), dim=1)
+    for seed in (0, 1):
+        assert torch.equal(pixel_ranks(strict, seed), expected)

@@ -222,6 +222,7 @@ def _data(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from vfmxai.config import apply_overrides, preset
     from vfmxai.training import train
+    from vfmxai.training.checkpoint import MAP_CHECK
 
     config = preset(args.preset)
     config.data.dataset = args.dataset
@@ -241,6 +242,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if rank_zero_only.rank == 0:  # under DDP every rank runs this command
         print(f"trained; run folder: {args.out}")
+        check = json.loads((Path(args.out) / MAP_CHECK).read_text())
+        if check["degenerate"]:
+            print(f"vfmxai: warning: the ALA map is degenerate on the validation split: {'; '.join(check['problems'])} "
+                  f"(details in {Path(args.out) / MAP_CHECK})", file=sys.stderr)
     return 0
 
 

@@ -58,9 +58,31 @@ class ALAConfig:
     """`first`: h^(0)..h^(n_inject-1), the paper's text; `spread`: evenly spaced from h^(0) to h^(k-1);
     or explicit comma-separated indices into h^(0)..h^(k), e.g. `0,4,8,11`."""
     lattice: bool = True
-    """False = the 'no lattice' ablation: the ALA former gets only the last VFM state h^(k), injected once."""
+    """False = the paper's 'no lattice' ablation ("excluding their addition in the image encoder"): no VFM
+    state is added; the ALA former sees only its own patch embedding of the image."""
     map_channels: int = 64
-    """C_a: channels of the feature map F shared by f1 (map) and f2 (ALA classifier)."""
+    """C_a: channels of f1's feature map F (and of f2's convs)."""
+    ala_head_input: str = "map"
+    """What f2 (the ALA classifier p_ALA) reads. `map`: h_ALA, the map itself (alpha in odd AEA epochs, all-ones
+    in even ones), as the paper's §4.2 says, so CE(p_ALA) trains alpha to carry the class; `features`: f1's
+    feature map F (an earlier, ABN-style reading), whose loss never reaches alpha directly."""
+    map_norm: str = "none"
+    """How f1's 1x1-conv logits z become alpha. `none`: sigmoid(z); `image`: sigmoid((z - mean z) / std z), the
+    logits standardised within each image, so alpha cannot saturate to one value everywhere (the paper names
+    no activation; ABN, which it follows, normalises the logits before the sigmoid)."""
+    pb_token_norm: str = "none"
+    """`layernorm`: each h^(k) patch token standardised over its channels (no affine) before h_ALA gates it,
+    so tokens of large norm (the high-norm background tokens of DINOv2 without registers) neither dominate
+    the perception branch nor pull alpha towards themselves through a larger gradient; `none`: raw h^(k)."""
+    gate_norm: str = "none"
+    """`none`: h_ALA = alpha (the paper). `mean`: alpha divided by its mean over the grid, per image, before it
+    gates h^(k) and feeds f2, so the gate says where to look and not how much: with raw alpha, shutting alpha
+    everywhere lowers every logit, a temperature knob that training turns down while the heads are still
+    wrong (alpha then shuts all but the border cells). Ones (AEA's even epochs) are unchanged by it. Measured
+    on one seed it removed the frame on the pets with DINOv2-S/14 but not on the synthetic set (README)."""
+    head_init: str = "default"
+    """`default`: PyTorch's init. `zeros`: the final FC layers of the perception branch and f2 start at zero, so
+    both predict the uniform distribution at step 0 (measured: it made the demo's map saturate and invert)."""
     pb_channels: int = 128
     """Channels of the perception branch's conv."""
     lambda_ala: float = 1.0

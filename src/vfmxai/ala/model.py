@@ -1,13 +1,14 @@
-"""The Attention Lattice Adapter model (Hirano et al., ICONIP 2025, arXiv 2509.14664), as DESIGN §3 reads it.
+"""The Attention Lattice Adapter model (Hirano et al., ICONIP 2025, arXiv 2509.14664, §4).
 
     images ─► backbone (LoRA) ─► h^(0) .. h^(k)
     images ─► ALA former: own patch embed + position embedding; before layer i (i = 1..n_inject) a
-              linear projection of one VFM state's patch tokens is added ─► F = f1 conv(tokens)
-    alpha = sigmoid(1x1 conv(F))                              (f1, the map)
-    p_ALA = FC(GAP(conv(F)))                                   (f2, the ALA classifier)
+              linear projection of one VFM state's patch tokens is added ─► h_l
+    F     = conv3x3(h_l); alpha = sigmoid(1x1 conv(F))         (f1, the map)
     h_ALA = alpha (map on) | ones (AEA's even epochs)
+    p_ALA = FC(GAP(conv(pool(conv(h_ALA)))))                   (f2, the ALA classifier; reads h_ALA, §4.2)
     p_PB  = FC(GAP(conv(h_ALA ⊙ h^(k) patch grid)))            (perception branch; the prediction)
 
+`model.ala_head_input = "features"` feeds f2 the feature map F instead of h_ALA (an ABN-style reading).
 One backbone pass gives every state the adapter and the perception branch need, so the explanation
 (alpha upsampled to the image) costs no extra pass.
 """
@@ -37,9 +38,9 @@ class ALAOutput:
 
 
 def inject_indices(config: ALAConfig, num_blocks: int) -> list[int]:
-    """Which VFM states h^(j), j in 0..k, are added before ALA layers 1, 2, ... (DESIGN §3)."""
+    """Which VFM states h^(j), j in 0..k, are added before ALA layers 1, 2, ...; none without the lattice."""
     if not config.lattice:
-        return [num_blocks]
+        return []
     n = config.n_inject
     if n < 1 or n > config.depth:
         raise VfmxaiError(f"model.n_inject={n}: must be between 1 and model.depth={config.depth}")
@@ -62,19 +63,24 @@ def inject_indices(config: ALAConfig, num_blocks: int) -> list[int]:
 
 
 class ConvHead(nn.Module):
-    """conv3x3 → GELU → global average pooling → FC: the shape of f2 and of the perception branch.
+    """`stages` × (conv3x3 → GELU), a 2×2 max-pool between stages, then global average pooling → FC: the
+    shape of f2 and of the perception branch ("convolutional layers, pooling layers, GAP, FC", §4.2–4.3).
 
     Activations are modules (not `F.gelu`) throughout the adapter, so methods that rewrite activation
     gradients (guided backpropagation) reach them."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int):
+    def __init__(self, in_channels: int, channels: int, num_classes: int, stages: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1)
-        self.act = nn.GELU()
+        layers: list[nn.Module] = []
+        for stage in range(stages):
+            if stage:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers += [nn.Conv2d(in_channels if stage == 0 else channels, channels, 3, padding=1), nn.GELU()]
+        self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, grid: Tensor) -> Tensor:
-        return self.fc(self.act(self.conv(grid)).mean(dim=(2, 3)))
+        return self.fc(self.body(grid).mean(dim=(2, 3)))
 
 
 class ALAFormer(nn.Module):
@@ -106,7 +112,8 @@ class ALAFormer(nn.Module):
         self.norm = nn.LayerNorm(config.dim)
 
     def forward(self, images: Tensor, states: list[Tensor]) -> Tensor:
-        """images (B,3,H,W) normalised; states: VFM patch grids (B, D, g, g) -> ALA grid (B, d, G, G)."""
+        """images (B,3,H,W) normalised; states: VFM patch grids (B, D, g, g), one per injection (none
+        without the lattice) -> ALA grid (B, d, G, G)."""
         tokens = self.patch_embed(images).flatten(2).transpose(1, 2) + self.position
         for i, layer in enumerate(self.layers):
             if i < len(states):
@@ -120,6 +127,13 @@ class ALAFormer(nn.Module):
         # contiguous: a channels-last view would give the convs after it channels-last weight gradients,
         # which DDP's gradient buckets copy (and warn about) every step
         return tokens.transpose(1, 2).reshape(b, d, self.grid, self.grid).contiguous()
+
+
+ALA_HEAD_INPUTS = ("map", "features")
+MAP_NORMS = ("none", "image")
+PB_TOKEN_NORMS = ("none", "layernorm")
+HEAD_INITS = ("zeros", "default")
+GATE_NORMS = ("mean", "none")
 
 
 class ALAModel(Classifier):
@@ -138,8 +152,32 @@ class ALAModel(Classifier):
             nn.Conv2d(config.dim, config.map_channels, kernel_size=3, padding=1), nn.GELU()
         )
         self.map_out = nn.Conv2d(config.map_channels, 1, kernel_size=1)
-        self.ala_head = ConvHead(config.map_channels, config.map_channels, config.num_classes)
+        if config.ala_head_input not in ALA_HEAD_INPUTS:
+            raise VfmxaiError(
+                f"model.ala_head_input='{config.ala_head_input}': choose one of {', '.join(ALA_HEAD_INPUTS)}"
+            )
+        if config.map_norm not in MAP_NORMS:
+            raise VfmxaiError(f"model.map_norm='{config.map_norm}': choose one of {', '.join(MAP_NORMS)}")
+        if config.pb_token_norm not in PB_TOKEN_NORMS:
+            raise VfmxaiError(
+                f"model.pb_token_norm='{config.pb_token_norm}': choose one of {', '.join(PB_TOKEN_NORMS)}"
+            )
+        self.ala_head_reads_map = config.ala_head_input == "map"
+        # a one-channel map needs a second conv stage to see shapes larger than 3x3 cells before pooling
+        self.ala_head = (
+            ConvHead(1, config.map_channels, config.num_classes, stages=2)
+            if self.ala_head_reads_map
+            else ConvHead(config.map_channels, config.map_channels, config.num_classes)
+        )
         self.perception = ConvHead(backbone.hidden_size, config.pb_channels, config.num_classes)
+        if config.gate_norm not in GATE_NORMS:
+            raise VfmxaiError(f"model.gate_norm='{config.gate_norm}': choose one of {', '.join(GATE_NORMS)}")
+        if config.head_init not in HEAD_INITS:
+            raise VfmxaiError(f"model.head_init='{config.head_init}': choose one of {', '.join(HEAD_INITS)}")
+        if config.head_init == "zeros":
+            for head in (self.ala_head, self.perception):
+                nn.init.zeros_(head.fc.weight)
+                nn.init.zeros_(head.fc.bias)
         self.use_map = True
         """AEA's switch: False replaces the map by all-ones before the perception branch."""
 
@@ -152,8 +190,11 @@ class ALAModel(Classifier):
         explanation leave it out)."""
         states = self.backbone.hidden_states(images)
         features, alpha = self.attention_map(self.lattice(images, states))
-        logits = self.perception(self.gated_last(states, alpha))
-        logits_ala = self.ala_head(features) if ala_logits else None
+        gate = self.h_ala(alpha)
+        logits = self.perception(self.gated_last(states, gate))
+        logits_ala = None
+        if ala_logits:
+            logits_ala = self.ala_head(gate if self.ala_head_reads_map else features)
         return ALAOutput(logits=logits, logits_ala=logits_ala, alpha=alpha.squeeze(1))
 
     def lattice(self, images: Tensor, states: list[Tensor]) -> Tensor:
@@ -162,15 +203,30 @@ class ALAModel(Classifier):
         return self.former(self.backbone.normalize(images), injected)
 
     def attention_map(self, grid: Tensor) -> tuple[Tensor, Tensor]:
-        """f1: (F (B, C_a, G, G), alpha (B, 1, G, G))."""
+        """f1: (F (B, C_a, G, G), alpha (B, 1, G, G)); `model.map_norm` says how the logits become alpha."""
         features = self.map_features(grid)
-        return features, torch.sigmoid(self.map_out(features))
+        logits = self.map_out(features)
+        if self.config.map_norm == "image":
+            mean = logits.mean(dim=(2, 3), keepdim=True)
+            std = logits.std(dim=(2, 3), keepdim=True, correction=0)
+            logits = (logits - mean) / (std + 1e-5)
+        return features, torch.sigmoid(logits)
 
-    def gated_last(self, states: list[Tensor], alpha: Tensor) -> Tensor:
-        """h^(k)'s patch grid times h_ALA (alpha, or ones in AEA's even epochs) resized to that grid."""
+    def h_ala(self, alpha: Tensor) -> Tensor:
+        """h_ALA (paper Eq. 3): alpha (over its grid mean with `model.gate_norm=mean`), or all-ones in AEA's even
+        epochs."""
+        if not self.use_map:
+            return torch.ones_like(alpha)
+        if self.config.gate_norm == "mean":
+            return alpha / alpha.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        return alpha
+
+    def gated_last(self, states: list[Tensor], gate: Tensor) -> Tensor:
+        """h^(k)'s patch grid (tokens standardised if `model.pb_token_norm`) times h_ALA resized to that grid."""
         last = self.backbone.patch_grid(states[-1])
-        gate = alpha if self.use_map else torch.ones_like(alpha)
-        if gate.shape[-1] != last.shape[-1]:
+        if self.config.pb_token_norm == "layernorm":
+            last = F.layer_norm(last.movedim(1, -1), last.shape[1:2]).movedim(-1, 1)
+        if gate.shape[-2:] != last.shape[-2:]:
             gate = F.interpolate(gate, size=last.shape[-2:], mode="bilinear", align_corners=False)
         return last * gate
 

@@ -80,6 +80,10 @@ from vfmxai.runtime import autocast, resolve_precision
 from vfmxai.viz.curves import save_insdel_curves
 from vfmxai.viz.grid import save_grid
 
+TIE_SEED = 0
+"""Seed of the pixel permutation that orders equal map values in insertion/deletion (recorded in the
+settings, so results stored under another tie rule are never reused)."""
+
 
 def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[list[str], dict[str, str]]:
     """(methods to run, {method: why it cannot run}) for `methods` = "all", "m1,m2" or a list.
@@ -156,6 +160,7 @@ def evaluate(
         "dataset_seed": getattr(dataset, "seed", None),
         "image_size": getattr(dataset, "image_size", None),
         "steps": steps,
+        "tie_order": f"permutation seed {TIE_SEED}",
         "substrate": substrate,
         "target_mode": target_mode,
         "threshold": threshold,
@@ -341,7 +346,8 @@ def _score_batch(
     explained = time.perf_counter()
     inter, union = iou_counts(maps, masks, threshold)
     insdel = insertion_deletion(
-        model, images, maps, targets, steps=steps, substrate=substrate, batch_size=perturb_batch_size
+        model, images, maps, targets, steps=steps, substrate=substrate, batch_size=perturb_batch_size,
+        tie_seed=TIE_SEED,
     )
     tensors = {
         "iou": mean_iou(maps, masks, threshold),

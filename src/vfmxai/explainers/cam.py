@@ -85,8 +85,9 @@ class GradCAM(Explainer):
     `layer=None` (default): h^(k) when its patch tokens reach the score (the ALA perception branch
     reads them), else h^(k-1). A class-token head (`LinearProbe`) reads h^(k)'s class token only, so
     h^(k)'s patch tokens get exactly zero gradient; the class token of h^(k) is computed from h^(k-1)'s
-    patch tokens by the last block's attention, so h^(k-1) (the last block's input, pytorch-grad-cam's
-    `blocks[-1].norm1` recipe for ViTs) is the deepest state that carries the evidence. The choice is
+    patch tokens by the last block's attention, so h^(k-1) (the last block's input itself; pytorch-grad-cam's
+    ViT recipe hooks `blocks[-1].norm1`, i.e. LN(h^(k-1)), which differs by the LayerNorm's per-token scale)
+    is the deepest state that carries the evidence. The choice is
     made per call from the gradient and is recorded in `self.last_layer`.
     """
 

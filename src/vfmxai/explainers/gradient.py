@@ -61,7 +61,9 @@ class IntegratedGradients(Explainer):
     F is the target logit, so completeness reads sum_i a_i ~= F(x) - F(x'). The integral is taken by
     `method="gausslegendre"` (default; `steps` Gauss-Legendre nodes on [0, 1], exact for polynomials of
     degree 2*steps - 1, captum's default) or `"riemann_trapezoid"` (`steps` equally spaced points, end
-    points halved; same nodes and weights as captum's). Baselines x': `"black"` (zeros, default),
+    points halved, weights summing to 1: a true trapezoid rule. captum's `riemann_trapezoid` uses the same
+    nodes but weights that sum to (steps - 1) / steps, so its attributions are smaller by that factor).
+    Baselines x': `"black"` (zeros, default),
     `"blur"` (the image blurred by a Gaussian of `blur_sigma` pixels, default max(H, W) / 16), `"mean"`
     (a flat image of the image's own mean colour). The B x steps interpolated images go through the
     model `internal_batch_size` at a time.

@@ -107,9 +107,13 @@ def _layer_norm_rule(module: nn.LayerNorm, inputs: tuple[Tensor, ...], output: T
 
 
 def _identity_rule(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    """The gain f(x)/x, detached. Near x = 0 it takes its limit f'(0), 0.5 for GELU, QuickGELU and SiLU
+    (f(x) = x·g(x) with g(0) = 1/2), measured on the module itself rather than listed per activation."""
     x = inputs[0]
     small = x.abs() < 1e-6
-    gain = torch.where(small, torch.zeros_like(x), output / torch.where(small, torch.ones_like(x), x))
+    probe = torch.full((1,), 1e-6, dtype=torch.float64, device=x.device)
+    limit = (module.forward(probe) / probe).to(x.dtype).detach()  # forward(): not through this hook again
+    gain = torch.where(small, limit.expand_as(x), output / torch.where(small, torch.ones_like(x), x))
     return _keep_value(output, x * gain.detach())
 
 

@@ -1,7 +1,9 @@
 """Insertion and deletion (DESIGN §4, the ALA paper's definition after RISE).
 
-For each image x with map alpha, pixels are ranked by alpha descending; ties are broken by the pixel's
-raster index (stable sort), so a constant map inserts/deletes in raster order. For k = 0..steps,
+For each image x with map alpha, pixels are ranked by alpha descending; ties are broken by one seeded
+random permutation of the pixel positions (`tie_seed`, the same permutation for every image of a size, so
+a result does not depend on how images are batched or sharded). A flat region is thus inserted in no
+particular order: raster order put the top rows first and inflated insertion of ReLU'd maps. For k = 0..steps,
 n_k = round(k * H * W / steps) (half up, in exact integer arithmetic), and
   insertion image: x on the top-n_k pixels, the substrate elsewhere,
   deletion image:  the substrate on the top-n_k pixels, x elsewhere.
@@ -64,10 +66,13 @@ def step_counts(n_pixels: int, steps: int, device: torch.device | str | None = N
     return (2 * k * n_pixels + steps) // (2 * steps)
 
 
-def pixel_ranks(maps: Tensor) -> Tensor:
-    """Rank (B, H*W) of every pixel: 0 = the largest map value; ties in raster order."""
+def pixel_ranks(maps: Tensor, tie_seed: int = 0) -> Tensor:
+    """Rank (B, H*W) of every pixel: 0 = the largest map value; ties in the order of a random permutation of
+    the positions drawn from `tie_seed`."""
     flat = maps.flatten(1)
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    generator = torch.Generator().manual_seed(int(tie_seed))
+    shuffle = torch.randperm(flat.shape[1], generator=generator).to(flat.device)
+    order = shuffle[torch.sort(flat[:, shuffle], dim=1, descending=True, stable=True).indices]
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return ranks
@@ -126,6 +131,7 @@ def insertion_deletion(
     target_mode: str = "given",
     substrate_value: Sequence[float] | Tensor | None = None,
     blur_sigma: float | None = None,
+    tie_seed: int = 0,
 ) -> InsDelResult:
     """Insertion and deletion curves and AUCs of `maps` (B, h, w) for `images` (B, 3, H, W) in [0, 1].
 
@@ -145,7 +151,7 @@ def insertion_deletion(
         if targets.numel() != n_img:
             raise VfmxaiError(f"insertion/deletion: {targets.numel()} targets for {n_img} images")
         base = make_substrate(images, substrate, substrate_value, blur_sigma)
-        ranks = pixel_ranks(resize_maps(maps, (height, width)))
+        ranks = pixel_ranks(resize_maps(maps, (height, width)), tie_seed)
         counts = step_counts(height * width, steps, device)
         probs = _perturbed_probs(classifier, images, base, ranks, counts, targets, batch_size)
     ins_curve, del_curve = probs.view(2, n_img, steps + 1).unbind(0)

@@ -35,7 +35,12 @@ class AlternatingEpochArchitect(L.Callback):
 class EpochLog(L.Callback):
     """Rewrites `log.csv` (one row per finished epoch) atomically after every epoch."""
 
-    columns = ("epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc")
+    columns = (
+        "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc",
+        *(f"val_map_{name}" for name in ("area", "mean", "spread", "entropy", "border", "pg", "iou", "mask_share")),
+    )
+    """`val_map_*`: the map's epoch means on the validation split (`vfmxai.ala.monitor`); pg, iou and mask_share
+    are nan without masks."""
 
     def __init__(self, path: Path):
         self.path = path

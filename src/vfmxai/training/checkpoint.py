@@ -28,6 +28,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CLASSES = "classes.txt"
 LAST = "last.ckpt"
+MAP_CHECK = "map_check.json"
+"""The trained map's health on the validation split (`vfmxai.ala.monitor.check_map`), written after training."""
 
 
 def save_weights(model: ALAModel, path: str | Path) -> None:

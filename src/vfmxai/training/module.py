@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from vfmxai.ala import ALAModel
+from vfmxai.ala.monitor import localisation_statistics, map_statistics
 from vfmxai.config import RunConfig
 from vfmxai.data import augment
 
@@ -39,6 +40,18 @@ class ALALightning(L.LightningModule):
         loss = self.model.loss(out, batch["label"])
         acc = (out.logits.argmax(1) == batch["label"]).float().mean()
         self._log_epoch("val", loss, acc, len(batch["image"]))
+        self._log_map(out.alpha.detach(), batch)
+
+    def _log_map(self, alpha: torch.Tensor, batch: dict) -> None:
+        """Epoch means of the map's statistics on the validation split (`val_map_*`); pointing game, IoU and
+        the mask share over the images that have a mask (`vfmxai.ala.monitor`)."""
+        values = {name: (v.mean(), len(alpha)) for name, v in map_statistics(alpha).items()}
+        has_mask = batch["has_mask"]
+        if bool(has_mask.any()):
+            loc = localisation_statistics(alpha[has_mask], batch["mask"][has_mask])
+            values.update({name: (v.mean(), int(has_mask.sum())) for name, v in loc.items()})
+        for name, (value, n) in values.items():
+            self.log(f"val_map_{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
 
     def _log_epoch(self, split: str, loss: torch.Tensor, acc: torch.Tensor, batch_size: int) -> None:
         """Epoch means; under DDP averaged over ranks (one all-reduce per epoch), so every rank's early

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 import warnings
@@ -18,9 +19,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vfmxai.ala import ALAModel, build_model
+from vfmxai.ala.monitor import MapCheck, check_map
 from vfmxai.config import RunConfig
-from vfmxai.data import get_dataset, loader_workers
+from vfmxai.data import collate, get_dataset, loader_workers
 from vfmxai.errors import VfmxaiError
+from vfmxai.io import atomic_write_json
 from vfmxai.runtime import flush_denormals, resolve_precision
 from vfmxai.training.callbacks import (
     AlternatingEpochArchitect,
@@ -29,7 +32,7 @@ from vfmxai.training.callbacks import (
     InterruptWatch,
     ResumeCheckpoint,
 )
-from vfmxai.training.checkpoint import CONFIG, LAST, load_resume_state, load_run, write_run_files
+from vfmxai.training.checkpoint import CONFIG, LAST, MAP_CHECK, load_resume_state, load_run, write_run_files
 from vfmxai.training.module import ALALightning
 
 
@@ -65,6 +68,22 @@ def _loader(dataset: Dataset, config: RunConfig, shuffle: bool) -> DataLoader:
 
 
 LIGHTNING_PRECISION = {"bf16": "bf16-mixed", "fp32": "32-true"}
+
+
+def _strategy(config: RunConfig) -> str:
+    """Lightning's strategy: `auto` for one process; for several, DDP that tolerates parameters outside the
+    loss, because AEA freezes the whole adapter in even epochs (its parameters then get no gradient: DDP
+    leaves them untouched, and AdamW skips a parameter whose grad is None, so neither its moments nor weight
+    decay move it)."""
+    tc = config.train
+    devices = str(tc.devices)
+    if devices == "auto":
+        several = torch.cuda.is_available() and torch.cuda.device_count() > 1 and tc.accelerator != "cpu"
+    elif "," in devices or devices.startswith("["):  # a list of device indices
+        several = len([d for d in devices.strip("[]").split(",") if d.strip()]) > 1
+    else:
+        several = devices.strip().lstrip("-").isdigit() and int(devices) != 1
+    return "ddp_find_unused_parameters_true" if several or tc.num_nodes > 1 else "auto"
 
 
 def _precision(config: RunConfig) -> str:
@@ -161,6 +180,7 @@ def train(
             accelerator=config.train.accelerator,
             devices=config.train.devices,
             num_nodes=config.train.num_nodes,
+            strategy=_strategy(config),
             precision=_precision(config),
             callbacks=schedule,
             logger=False,
@@ -189,7 +209,24 @@ def train(
             name = "SIGINT" if isinstance(watch.exception, KeyboardInterrupt) else "SIGTERM"
             raise TrainingInterrupted(name, run_dir) from None
     best, _, _ = load_run(run_dir)
+    if trainer.is_global_zero:
+        verdict = check_trained_map(best, splits["val"], config)
+        atomic_write_json(run_dir / MAP_CHECK, verdict.to_dict())
     return best
+
+
+def check_trained_map(model: ALAModel, dataset: Dataset, config: RunConfig) -> MapCheck:
+    """`check_map` on the best model's maps over the validation split (one forward pass per batch)."""
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, collate_fn=collate)
+    alphas, masks, has_mask = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            alphas.append(model.forward_all(batch["image"], ala_logits=False).alpha)
+            masks.append(batch["mask"])
+            has_mask.append(batch["has_mask"])
+    if not alphas:
+        return MapCheck(0, 0, math.nan, math.nan, None, None, ("no validation images: the map was not checked",))
+    return check_map(torch.cat(alphas), torch.cat(masks), torch.cat(has_mask))
 
 
 def _flat(data: dict, prefix: str = "") -> dict[str, object]:
