@@ -184,7 +184,9 @@ def test_pb_token_norm_standardises_each_token_before_the_gate():
     torch.testing.assert_close(tokens.mean(1), torch.zeros_like(tokens[:, 0]), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("field", ["ala_head_input", "map_norm", "pb_token_norm"])
+@pytest.mark.parametrize(
+    "field", ["ala_head_input", "map_norm", "pb_token_norm", "gate_norm", "head_init", "conv_padding"]
+)
 def test_unknown_reading_is_one_line_naming_the_field(field):
     config = tiny_run_config()
     config.model.num_classes = 6
@@ -209,3 +211,19 @@ def test_mean_gate_norm_divides_alpha_by_its_grid_mean_and_leaves_ones():
     torch.testing.assert_close(model.h_ala(alpha), alpha / alpha.mean(dim=(2, 3), keepdim=True))
     model.use_map = False
     assert torch.equal(model.h_ala(alpha), torch.ones_like(alpha))
+
+
+@pytest.mark.parametrize("padding, flat", [("replicate", True), ("zeros", False)])
+def test_replicate_padding_leaves_no_border_for_the_convs_to_find(padding, flat):
+    """A spatially constant input gives a constant map and constant head features with `replicate`; with zero
+    padding the border cells come out different (what let the map single out a frame)."""
+    config = tiny_run_config()
+    config.model.num_classes, config.model.conv_padding = 6, padding
+    model = build_model(config)
+    grid = torch.randn(2, config.model.dim, 1, 1).expand(2, config.model.dim, 6, 6)
+    _, alpha = model.attention_map(grid)
+    body = model.perception.body(torch.randn(2, model.backbone.hidden_size, 1, 1).expand(-1, -1, 6, 6))
+    f2_body = model.ala_head.body(torch.full((2, 1, 6, 6), 0.7))
+    for out in (alpha, body, f2_body):
+        spread = (out - out[..., :1, :1]).abs().amax()
+        assert (spread < 1e-5) == flat, (padding, spread)

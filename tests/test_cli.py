@@ -86,3 +86,19 @@ def test_explain_daam_per_block_figure(run_dir, tmp_path):
                  str(tmp_path / "dark.png")]) == 0
     height, width = grid_size(1, 1 + 4)
     assert Image.open(out / "dark.daam.blocks.png").size == (width, height)
+
+
+def test_evaluate_takes_method_options_and_records_them(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--dataset", "synthetic", "--split", "test",
+                 "--methods", "rise,ala", "--steps", "2", "--no-progress", "--out", str(out),
+                 "--method-option", "rise.n_masks=8", "--method-option", "rise.p_keep=0.25"]) == 0
+    recorded = json.loads((out / "metrics.json").read_text())["config"]["evaluation"]["method_options"]
+    assert (recorded["rise"]["n_masks"], recorded["rise"]["p_keep"], recorded["rise"]["grid"]) == (8, 0.25, 7)
+
+
+@pytest.mark.parametrize("bad", ["rise=8", "n_masks=8", ".n_masks=8", "rise.n_masks"])
+def test_malformed_method_option_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--checkpoint", "x", "--dataset", "synthetic", "--out", "o", "--method-option", bad])
+    assert stop.value.code == 2 and "METHOD.KEY=VALUE" in capsys.readouterr().err

@@ -251,6 +251,46 @@ def test_bad_methods_and_missing_masks_are_user_errors(run, registry, tmp_path: 
         _evaluate(model, NoMask(), tmp_path / "nomask", methods=["brightness"])
 
 
+def test_model_mean_substrate_and_raw_threshold(run, registry, tmp_path: Path) -> None:
+    """`model-mean` fills removed pixels with the backbone's normalisation mean; `raw` thresholds ALA's alpha
+    as it is, and refuses a map outside [0, 1] in one line naming the method."""
+    model, _, dataset, _ = run
+    metrics = _evaluate(model, dataset, tmp_path / "a", methods=["ala"], substrate="model-mean", threshold_on="raw")
+    samples = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([s["image"] for s in samples])
+    masks = torch.stack([s["mask"] for s in samples])
+    labels = torch.tensor([s["label"] for s in samples])
+    maps = CountingALA(model)(images, labels)
+    raw_maps = CountingALA(model)(images, labels, normalize=False)
+    assert not torch.equal(model.backbone.mean.flatten(), torch.zeros(3))
+    insdel = insertion_deletion(
+        model, images, maps, labels, steps=STEPS, substrate="mean", substrate_value=model.backbone.mean.flatten()
+    )
+    got = metrics["methods"]["ala"]
+    assert got["insertion"] == pytest.approx(float(insdel.insertion.double().mean()), abs=2e-6)
+    raw = mean_iou(raw_maps, masks, 0.5, normalize=False).double().mean()
+    assert got["miou"] == pytest.approx(float(raw), abs=2e-6)
+    assert float(raw) != pytest.approx(float(mean_iou(maps, masks).double().mean()), abs=1e-3)
+    assert metrics["config"]["evaluation"]["threshold_on"] == "raw"
+
+    class Shifted(Brightness):
+        def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return images.mean(dim=1) + 1.0
+
+    base._REGISTRY["brightness"] = Shifted
+    with pytest.raises(VfmxaiError, match="threshold-on raw: method 'brightness' returns maps outside"):
+        _evaluate(model, dataset, tmp_path / "b", methods=["brightness"], threshold_on="raw")
+    with pytest.raises(VfmxaiError, match="--threshold-on must be one of normalised, raw"):
+        _evaluate(model, dataset, tmp_path / "c", methods=["ala"], threshold_on="minmax")
+
+
+def test_cli_choices_are_the_runners() -> None:
+    from vfmxai import cli
+    from vfmxai.evaluation.runner import EVAL_SUBSTRATES, THRESHOLD_ON
+
+    assert cli.SUBSTRATE_CHOICES == EVAL_SUBSTRATES and cli.THRESHOLD_ON_CHOICES == THRESHOLD_ON
+
+
 TINY = [
     "backbone.name=tiny", "backbone.image_size=32", "backbone.lora_rank=4", "model.patch_size=8", "model.dim=16",
     "model.depth=2", "model.heads=2", "model.n_inject=2", "model.map_channels=8", "model.pb_channels=16",

@@ -15,7 +15,7 @@ from explainer_fixtures import (
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers import get
-from vfmxai.explainers.daam import DAAM, EmbeddingScore
+from vfmxai.explainers.daam import DAAM, EmbeddingScore, embed, knn_prototypes
 
 
 def test_accumulated_maps_are_running_sums_of_the_per_block_maps():
@@ -116,3 +116,31 @@ def test_model_randomisation_changes_the_maps():
     model = planted_classifier()
     images = planted_images(8, seed=7)[0]
     assert randomization_check("daam", model, images, n_blocks=model.backbone.num_blocks) < 0.8
+
+
+def test_knn_prototype_by_hand():
+    """Bank: class 0 around e1, class 1 around e2. A query near e1 with k = 3: its 3 nearest are two class-0
+    entries and one class-1 entry, so it is class 0, and p = the mean of class 0's 3 nearest (it has 2 -> both)."""
+    bank = torch.tensor([[1.0, 0.1, 0.0], [1.0, -0.1, 0.0], [0.2, 1.0, 0.0], [0.0, 1.0, 0.1], [0.0, 1.0, -0.1]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    query = torch.tensor([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0]])
+    p = knn_prototypes(query, bank, labels, k=3)
+    unit = torch.nn.functional.normalize(bank, dim=-1)
+    torch.testing.assert_close(p[0], unit[:2].mean(0))
+    torch.testing.assert_close(p[1], unit[2:].mean(0))
+
+
+def test_memory_bank_gives_each_image_its_knn_prototype():
+    model = tiny_probe()
+    torch.manual_seed(0)
+    images, bank_images = torch.rand(2, 3, 32, 32), torch.rand(6, 3, 32, 32)
+    bank = (embed(model.backbone, bank_images, batch_size=4), torch.tensor([0, 0, 0, 1, 1, 1]))
+    prototype = knn_prototypes(embed(model.backbone, images), *bank, k=3)
+    with get("daam", model.backbone, mode="self_supervised", memory_bank=bank, k=3) as knn:
+        via_bank = knn(images)
+    with get("daam", model.backbone, mode="self_supervised", prototype=prototype) as direct:
+        torch.testing.assert_close(via_bank, direct(images))
+    with pytest.raises(VfmxaiError, match="not both"):
+        get("daam", model.backbone, mode="self_supervised", memory_bank=bank, prototype=prototype)
+    with pytest.raises(VfmxaiError, match="memory_bank must be"):
+        get("daam", model.backbone, mode="self_supervised", memory_bank=(bank[0], bank[1][:3]))

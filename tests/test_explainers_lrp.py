@@ -171,3 +171,27 @@ def test_identity_rule_gain_near_zero_is_the_activations_limit():
         (gain,) = torch.autograd.grad(out.sum(), x)
         torch.testing.assert_close(gain[:3], torch.full((3,), 0.5, dtype=torch.float64), atol=1e-6, rtol=0)
         torch.testing.assert_close(gain[3:], (activation(x) / x).detach()[3:])
+
+
+def test_cp_rule_conserves_on_the_full_size_clip_b16():
+    """The same budget on the full ViT-B/16 architecture (random weights, 224 px, float64): with every bias-like
+    constant zeroed, the input relevance sums to the target logit (rtol 1e-8); in float32 the relevance agrees
+    with the float64 one to 1e-3 relative per image."""
+    from vfmxai.backbones import load_backbone
+    from vfmxai.classifier import LinearProbe
+
+    torch.manual_seed(0)
+    model = LinearProbe(load_backbone("clip-vit-b16"), 3).double().eval()
+    with torch.no_grad():
+        for p in _bias_like(model):
+            p.zero_()
+        model.head.weight.mul_(50)  # logits well away from zero, so a relative check means something
+    images, targets = torch.rand(1, 3, 224, 224, dtype=torch.float64), torch.tensor([1])
+    with get("lrp", model, softmax_rule="cp") as explainer:
+        relevance, logits = explainer.relevance(images, targets)
+    assert logits.abs().min() > 1e-2
+    torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), logits, rtol=1e-8, atol=1e-10)
+    model32 = model.float()
+    with get("lrp", model32, softmax_rule="cp") as explainer:
+        relevance32, _ = explainer.relevance(images.float(), targets)
+    torch.testing.assert_close(relevance32.sum(dim=(1, 2, 3)).double(), logits, rtol=1e-3, atol=1e-6)

@@ -119,3 +119,29 @@ def test_resume_continues_in_the_same_phase_to_the_same_weights(tmp_path):
     assert recorder.map_on == {3: True}
     for (name, a), b in zip(full.trainable_state_dict().items(), resumed.trainable_state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("select_by, column", [("loss", "val_loss"), ("pb_loss", "val_pb_loss"), ("last", None)])
+def test_kept_weights_are_those_of_the_epoch_select_by_names(tmp_path, select_by, column):
+    recorder = PhaseRecorder()
+    run = tmp_path / "run"
+    train(tiny_run_config(epochs=4, select_by=select_by), run, progress=False, callbacks=[recorder])
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    values = [float(r[column]) for r in rows] if column else None
+    epoch = 4 if column is None else 1 + values.index(min(values))
+    kept, _, _ = load_run(run)
+    for group in ("perception", "lora"):
+        snapshot = recorder.end[epoch][group]
+        prefix = "perception." if group == "perception" else "backbone."
+        state = {k.removeprefix(prefix): v for k, v in kept.state_dict().items() if k.startswith(prefix)}
+        for name, value in snapshot.items():
+            torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=f"epoch {epoch}: {name}")
+    # the weights of every other epoch differ, so the check above picks out one epoch
+    others = [e for e in range(1, 5) if e != epoch]
+    assert all(_changed(recorder.end[e]["perception"], recorder.end[epoch]["perception"]) for e in others)
+
+
+def test_unknown_select_by_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(VfmxaiError, match="train.select_by='best'"):
+        train(tiny_run_config(select_by="best"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

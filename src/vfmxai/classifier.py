@@ -34,3 +34,7 @@ class LinearProbe(Classifier):
     def forward(self, images: Tensor) -> Tensor:
         last = self.backbone(images).hidden_states[-1]
         return self.head(self.backbone.pooled(last))
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """What a probe's run folder holds: the head only (the backbone is frozen and loaded from its source)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("head.")}

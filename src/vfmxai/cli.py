@@ -12,6 +12,10 @@ from pathlib import Path
 
 from vfmxai.errors import VfmxaiError
 
+SUBSTRATE_CHOICES = ("black", "blur", "mean", "model-mean")
+THRESHOLD_ON_CHOICES = ("normalised", "raw")
+"""The runner's `EVAL_SUBSTRATES` and `THRESHOLD_ON`, spelled out so that building the parser imports no torch."""
+
 DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
 PRECISION_HELP = "auto (bf16 autocast on a GPU, fp32 on a CPU), bf16 or fp32"
 
@@ -110,14 +114,38 @@ def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--batch-size", default=16, type=int)
     parser.add_argument("--steps", default=100, type=int, help="insertion/deletion steps")
-    parser.add_argument("--substrate", default="black", choices=("black", "blur", "mean"))
+    parser.add_argument(
+        "--substrate", default="black", choices=SUBSTRATE_CHOICES,
+        help="black (the paper), blur, mean (each image's mean colour), model-mean (zero in the backbone's "
+        "normalised input space)",
+    )
     parser.add_argument("--target", default="given", choices=("given", "predicted"), help="class scored")
     parser.add_argument("--threshold", default=0.5, type=float, help="IoU threshold τ")
+    parser.add_argument(
+        "--threshold-on", default="normalised", choices=THRESHOLD_ON_CHOICES,
+        help="normalised: τ on the min-max normalised map (every method); raw: on the map as returned (ALA's alpha)",
+    )
     parser.add_argument(
         "--num-workers", type=int, help="data-loading processes (default: 0 on a CPU, up to 8 on a GPU)"
     )
     parser.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    parser.add_argument(
+        "--method-option", dest="method_options", action="append", default=[], type=_method_option,
+        metavar="METHOD.KEY=VALUE", help="an explainer option, e.g. rise.n_masks=64 (value parsed as JSON)",
+    )
     parser.add_argument("--no-progress", action="store_true")
+
+
+def _method_option(text: str) -> tuple[str, str, object]:
+    key, sep, raw = text.partition("=")
+    method, dot, option = key.partition(".")
+    if not sep or not dot or not method or not option:
+        raise argparse.ArgumentTypeError(f"'{text}': expected METHOD.KEY=VALUE, e.g. rise.n_masks=64")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return method.strip(), option.strip(), value
 
 
 def _evaluation_options(args: argparse.Namespace) -> dict:
@@ -128,10 +156,19 @@ def _evaluation_options(args: argparse.Namespace) -> dict:
         "substrate": args.substrate,
         "target_mode": args.target,
         "threshold": args.threshold,
+        "threshold_on": args.threshold_on,
         "num_workers": args.num_workers,
         "precision": args.precision,
         "progress": not args.no_progress,
+        "method_options": _collect_method_options(args.method_options),
     }
+
+
+def _collect_method_options(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]] | None:
+    options: dict[str, dict[str, object]] = {}
+    for method, option, value in items:
+        options.setdefault(method, {})[option] = value
+    return options or None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -242,7 +279,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if rank_zero_only.rank == 0:  # under DDP every rank runs this command
         print(f"trained; run folder: {args.out}")
-        check = json.loads((Path(args.out) / MAP_CHECK).read_text())
+        check_file = Path(args.out) / MAP_CHECK
+        check = json.loads(check_file.read_text()) if check_file.is_file() else {"degenerate": False}
         if check["degenerate"]:
             print(f"vfmxai: warning: the ALA map is degenerate on the validation split: {'; '.join(check['problems'])} "
                   f"(details in {Path(args.out) / MAP_CHECK})", file=sys.stderr)

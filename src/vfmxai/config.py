@@ -34,7 +34,9 @@ class BackboneConfig:
     lora_dropout: float = 0.0
     lora_blocks: list[int] | None = None
     """0-based block indices that get LoRA; None = every block."""
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "o_proj"])
+    """Linear layers that get LoRA, by name; the attention output is `out_proj` in CLIP and SigLIP, `o_proj` in
+    DINOv2, so the default names both and each model matches its own."""
 
 
 @dataclass
@@ -83,6 +85,10 @@ class ALAConfig:
     head_init: str = "default"
     """`default`: PyTorch's init. `zeros`: the final FC layers of the perception branch and f2 start at zero, so
     both predict the uniform distribution at step 0 (measured: it made the demo's map saturate and invert)."""
+    conv_padding: str = "zeros"
+    """Padding of every 3x3 conv in f1, f2 and the perception branch. `zeros` (PyTorch's default; the paper
+    names none) lets a conv tell border cells from inner ones; `replicate` repeats the edge cells, so a conv
+    sees no border and cannot single the frame out by where it lies."""
     pb_channels: int = 128
     """Channels of the perception branch's conv."""
     lambda_ala: float = 1.0
@@ -101,6 +107,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 5
     """Early stopping on validation loss; 0 switches it off."""
+    select_by: str = "last"
+    """Which epoch's weights become `model.safetensors`. `loss`: the lowest validation L (paper Eq. 4), the
+    paper presets' choice beside early stopping; `pb_loss`: the lowest validation CE(p_PB), the prediction's
+    own loss; `last`: the last epoch trained, the toy preset's choice: on its 40 validation images and 6
+    epochs `loss` picked epoch 1 in the demo for both the full model and the no-AEA ablation (identical
+    weights, so Table 4 rows (iii) and (iv) came out equal)."""
     aea: bool = True
     """Alternating Epoch Architect; False = the 'no AEA' ablation (map on and ALA trained every epoch)."""
     flip: bool = True
@@ -132,6 +144,10 @@ class DataConfig:
 @dataclass
 class RunConfig:
     preset: str = "toy"
+    classifier: str = "ala"
+    """`ala`: ALA + AEA + LoRA (the `model` section); `linear_probe`: a linear head on the frozen backbone's
+    pooled embedding (`vfmxai.training.probe`), for explaining a backbone with post-hoc methods only; the
+    `model` section is then unused."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     model: ALAConfig = field(default_factory=ALAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -179,19 +195,28 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-PRESETS = ("toy", "cub", "imagenet_s")
+PRESETS = ("toy", "cub", "imagenet_s", "probe")
+CLASSIFIERS = ("ala", "linear_probe")
 
 
 def preset(name: str) -> RunConfig:
-    """The paper's Table 1 settings (`cub`, `imagenet_s`) or the CPU demo's (`toy`)."""
+    """The paper's Table 1 settings (`cub`, `imagenet_s`), the CPU demo's (`toy`), or a linear probe on the
+    frozen backbone (`probe`: full-batch AdamW on cached embeddings, 300 steps at lr 1e-2)."""
     if name == "toy":
         return RunConfig(preset="toy")
+    if name == "probe":
+        return RunConfig(
+            preset="probe",
+            classifier="linear_probe",
+            backbone=BackboneConfig(lora=False),
+            train=TrainConfig(epochs=300, batch_size=16, lr=1e-2, weight_decay=1e-4, patience=0),
+        )
     if name == "cub":
         return RunConfig(
             preset="cub",
             backbone=BackboneConfig(name="openai/clip-vit-base-patch16", image_size=384),
             model=ALAConfig(patch_size=16, dim=64, depth=8, heads=4, map_channels=128, pb_channels=256),
-            train=TrainConfig(epochs=120, batch_size=8, lr=5e-5, weight_decay=1e-4, patience=5),
+            train=TrainConfig(epochs=120, batch_size=8, lr=5e-5, weight_decay=1e-4, patience=5, select_by="loss"),
             data=DataConfig(dataset="cub"),
         )
     if name == "imagenet_s":
@@ -199,7 +224,7 @@ def preset(name: str) -> RunConfig:
             preset="imagenet_s",
             backbone=BackboneConfig(name="openai/clip-vit-base-patch16", image_size=384),
             model=ALAConfig(patch_size=16, dim=240, depth=8, heads=6, map_channels=256, pb_channels=512),
-            train=TrainConfig(epochs=20, batch_size=64, lr=5e-5, weight_decay=1e-4, patience=5),
+            train=TrainConfig(epochs=20, batch_size=64, lr=5e-5, weight_decay=1e-4, patience=5, select_by="loss"),
             data=DataConfig(dataset="imagenet-s"),
         )
     raise VfmxaiError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")

@@ -69,13 +69,16 @@ class ConvHead(nn.Module):
     Activations are modules (not `F.gelu`) throughout the adapter, so methods that rewrite activation
     gradients (guided backpropagation) reach them."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, stages: int = 1):
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, stages: int = 1, padding_mode: str = "zeros"
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         for stage in range(stages):
             if stage:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            layers += [nn.Conv2d(in_channels if stage == 0 else channels, channels, 3, padding=1), nn.GELU()]
+            conv = nn.Conv2d(in_channels if stage == 0 else channels, channels, 3, padding=1, padding_mode=padding_mode)
+            layers += [conv, nn.GELU()]
         self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(channels, num_classes)
 
@@ -134,6 +137,7 @@ MAP_NORMS = ("none", "image")
 PB_TOKEN_NORMS = ("none", "layernorm")
 HEAD_INITS = ("zeros", "default")
 GATE_NORMS = ("mean", "none")
+CONV_PADDINGS = ("zeros", "replicate")
 
 
 class ALAModel(Classifier):
@@ -147,9 +151,14 @@ class ALAModel(Classifier):
         self.config = config
         self.num_classes = config.num_classes
         self.inject_from = inject_indices(config, backbone.num_blocks)
+        if config.conv_padding not in CONV_PADDINGS:
+            raise VfmxaiError(
+                f"model.conv_padding='{config.conv_padding}': choose one of {', '.join(CONV_PADDINGS)}"
+            )
+        padding = config.conv_padding
         self.former = ALAFormer(config, backbone.image_size, backbone.hidden_size, len(self.inject_from))
         self.map_features = nn.Sequential(
-            nn.Conv2d(config.dim, config.map_channels, kernel_size=3, padding=1), nn.GELU()
+            nn.Conv2d(config.dim, config.map_channels, kernel_size=3, padding=1, padding_mode=padding), nn.GELU()
         )
         self.map_out = nn.Conv2d(config.map_channels, 1, kernel_size=1)
         if config.ala_head_input not in ALA_HEAD_INPUTS:
@@ -165,11 +174,11 @@ class ALAModel(Classifier):
         self.ala_head_reads_map = config.ala_head_input == "map"
         # a one-channel map needs a second conv stage to see shapes larger than 3x3 cells before pooling
         self.ala_head = (
-            ConvHead(1, config.map_channels, config.num_classes, stages=2)
+            ConvHead(1, config.map_channels, config.num_classes, stages=2, padding_mode=padding)
             if self.ala_head_reads_map
-            else ConvHead(config.map_channels, config.map_channels, config.num_classes)
+            else ConvHead(config.map_channels, config.map_channels, config.num_classes, padding_mode=padding)
         )
-        self.perception = ConvHead(backbone.hidden_size, config.pb_channels, config.num_classes)
+        self.perception = ConvHead(backbone.hidden_size, config.pb_channels, config.num_classes, padding_mode=padding)
         if config.gate_norm not in GATE_NORMS:
             raise VfmxaiError(f"model.gate_norm='{config.gate_norm}': choose one of {', '.join(GATE_NORMS)}")
         if config.head_init not in HEAD_INITS:

@@ -158,7 +158,8 @@ def render_ablation_markdown(table: Mapping[str, Any]) -> str:
     return (
         f"# Ablations (paper Table 4) — {table['dataset']} / {table['split']}, {table['n_images']} images, "
         f"{seeds} seed(s), mean ± std over seeds\n\n{body}\n"
-        "(i) no lattice: no VFM state injected into the ALA former; (ii) no LoRA: backbone frozen; (iii) no AEA; (iv) full.\n"
+        "(i) no lattice: no VFM state injected into the ALA former; (ii) no LoRA: backbone frozen; (iii) no AEA; "
+        "(iv) full.\n"
         "p: two-sided Wilcoxon signed-rank test of per-image IoU against (iv), each image averaged over seeds.\n"
     )
 

@@ -66,6 +66,7 @@ from vfmxai.evaluation.store import (
     model_fingerprint,
 )
 from vfmxai.io import atomic_write_json, atomic_write_text
+from vfmxai.maps import normalize_maps
 from vfmxai.metrics import (
     default_thresholds,
     energy_pointing_game,
@@ -80,6 +81,14 @@ from vfmxai.runtime import autocast, resolve_precision
 from vfmxai.viz.curves import save_insdel_curves
 from vfmxai.viz.grid import save_grid
 
+EVAL_SUBSTRATES = (*SUBSTRATES, "model-mean")
+"""`model-mean`: the backbone's normalisation mean colour, i.e. zero in its normalised input space (ImageNet's
+mean for DINOv2, CLIP's for CLIP), beside the pixel-space substrates of `vfmxai.metrics.make_substrate`."""
+THRESHOLD_ON = ("normalised", "raw")
+"""`normalised` (DESIGN §4, every method): τ applies to the min-max normalised map. `raw`: τ applies to the map
+as the method returns it (upsampled), for mIoU and dataset mIoU; meant for maps on a fixed [0, 1] scale (ALA's
+sigmoid alpha); a map with values outside [0, 1] is refused. Every other score, the best-τ oracle included, reads
+the normalised map either way."""
 TIE_SEED = 0
 """Seed of the pixel permutation that orders equal map values in insertion/deletion (recorded in the
 settings, so results stored under another tie rule are never reused)."""
@@ -123,6 +132,7 @@ def evaluate(
     substrate: str = "black",
     target_mode: str = "given",
     threshold: float = 0.5,
+    threshold_on: str = "normalised",
     batch_size: int = 16,
     perturb_batch_size: int = 64,
     n_grid: int = 4,
@@ -141,7 +151,9 @@ def evaluate(
     and are recorded too. `perturb_batch_size`: perturbed images per model call in insertion/deletion.
     `shard=(rank, world)`: compute this shard's batches only and return None (module docstring).
     """
-    options = _check_args(methods, method_options, steps, substrate, target_mode, threshold, batch_size, n_grid)
+    options = _check_args(
+        methods, method_options, steps, substrate, target_mode, threshold, threshold_on, batch_size, n_grid
+    )
     if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise VfmxaiError(f"--shard {shard}: expected RANK/WORLD with 0 <= RANK < WORLD")
     if hasattr(config, "to_dict"):
@@ -164,6 +176,7 @@ def evaluate(
         "substrate": substrate,
         "target_mode": target_mode,
         "threshold": threshold,
+        "threshold_on": threshold_on,
         "thresholds": [round(t, 6) for t in default_thresholds().tolist()],
         "batch_size": batch_size,
         "perturb_batch_size": perturb_batch_size,
@@ -209,7 +222,7 @@ def evaluate(
                     continue
                 record = _score_batch(
                     model, method, options.get(method, {}), images, masks, targets, batch["id"], start,
-                    steps=steps, substrate=substrate, threshold=threshold, n_grid=n_grid,
+                    steps=steps, substrate=substrate, threshold=threshold, threshold_on=threshold_on, n_grid=n_grid,
                     perturb_batch_size=perturb_batch_size, device=device,
                 )
                 store.save(method, start, record)
@@ -255,13 +268,16 @@ def _check_args(
     substrate: str,
     target_mode: str,
     threshold: float,
+    threshold_on: str,
     batch_size: int,
     n_grid: int,
 ) -> dict[str, dict[str, Any]]:
     if not isinstance(steps, int) or steps < 1:
         raise VfmxaiError(f"--steps must be a positive integer, got {steps}")
-    if substrate not in SUBSTRATES:
-        raise VfmxaiError(f"--substrate must be one of {', '.join(SUBSTRATES)}, got '{substrate}'")
+    if substrate not in EVAL_SUBSTRATES:
+        raise VfmxaiError(f"--substrate must be one of {', '.join(EVAL_SUBSTRATES)}, got '{substrate}'")
+    if threshold_on not in THRESHOLD_ON:
+        raise VfmxaiError(f"--threshold-on must be one of {', '.join(THRESHOLD_ON)}, got '{threshold_on}'")
     if target_mode not in TARGET_MODES:
         raise VfmxaiError(f"--target must be one of {', '.join(TARGET_MODES)}, got '{target_mode}'")
     if not 0.0 <= float(threshold) <= 1.0:
@@ -330,6 +346,7 @@ def _score_batch(
     steps: int,
     substrate: str,
     threshold: float,
+    threshold_on: str,
     n_grid: int,
     perturb_batch_size: int,
     device: torch.device,
@@ -340,17 +357,29 @@ def _score_batch(
         explainer = explainers.get(method, model, **options)
     except TypeError as err:
         raise VfmxaiError(f"method_options for '{method}': {err}") from None
+    raw_threshold = threshold_on == "raw"
     with explainer:
-        maps = explainer(images, targets).detach()
+        maps = explainer(images, targets, normalize=not raw_threshold).detach()
     _sync(device)
     explained = time.perf_counter()
-    inter, union = iou_counts(maps, masks, threshold)
+    thresholded = maps
+    if raw_threshold:
+        if not bool(((maps >= 0) & (maps <= 1)).all()):
+            raise VfmxaiError(
+                f"--threshold-on raw: method '{method}' returns maps outside [0, 1] "
+                f"({float(maps.min()):.3g}..{float(maps.max()):.3g}); raw thresholds suit maps on a fixed [0, 1] "
+                "scale such as ala's"
+            )
+        maps = normalize_maps(maps)
+    inter, union = iou_counts(thresholded, masks, threshold, not raw_threshold)
+    model_mean = substrate == "model-mean"
     insdel = insertion_deletion(
-        model, images, maps, targets, steps=steps, substrate=substrate, batch_size=perturb_batch_size,
+        model, images, maps, targets, steps=steps, substrate="mean" if model_mean else substrate,
+        substrate_value=model.backbone.mean.flatten() if model_mean else None, batch_size=perturb_batch_size,
         tie_seed=TIE_SEED,
     )
     tensors = {
-        "iou": mean_iou(maps, masks, threshold),
+        "iou": mean_iou(thresholded, masks, threshold, not raw_threshold),
         "intersection": inter,
         "union": union,
         "iou_curve": iou_curve(maps, masks),
@@ -455,12 +484,17 @@ def render_markdown(metrics: Mapping[str, Any], p_values: Mapping[str, Mapping[s
         accuracy += f" ± {metrics['accuracy_std']:.3f}"
     lines.append(f"Accuracy of the explained model: {accuracy}.")
     lines.append(
-        f"mIoU at τ = {evaluation['threshold']}; insertion/deletion with {evaluation['steps']} steps, "
+        f"mIoU at τ = {evaluation['threshold']}{_threshold_words(evaluation)}; "
+        f"insertion/deletion with {evaluation['steps']} steps, "
         f"{evaluation['substrate']} substrate; maps and curves for the {_target_words(evaluation['target_mode'])}."
     )
     for method, reason in metrics.get("missing_reasons", {}).items():
         lines.append(f"Missing: {method} — {reason}.")
     return "\n\n".join(lines) + "\n"
+
+
+def _threshold_words(evaluation: Mapping[str, Any]) -> str:
+    return " on the raw map" if evaluation.get("threshold_on") == "raw" else ""
 
 
 def _target_words(mode: str) -> str:

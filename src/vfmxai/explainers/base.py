@@ -69,7 +69,9 @@ class Explainer:
         """Raw relevance (B, h, w) of each image for its target class; larger = more important."""
         raise NotImplementedError
 
-    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None = None, normalize: bool = True) -> Tensor:
+        """Maps (B, H, W) at the input size, min-max normalised per image; `normalize=False` keeps the
+        method's own scale (for a raw threshold on a map with a fixed range, such as ALA's alpha)."""
         images = self._check_images(images)
         targets = self._targets(images, targets)
         raw = self.attribute(images, targets).detach().float()
@@ -78,7 +80,8 @@ class Explainer:
             raise VfmxaiError(
                 f"method '{self.name}' produced a NaN or infinite map for image(s) {bad.nonzero().flatten().tolist()}"
             )
-        return normalize_maps(resize_maps(raw, tuple(images.shape[-2:])))
+        resized = resize_maps(raw, tuple(images.shape[-2:]))
+        return normalize_maps(resized) if normalize else resized
 
     def _check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:

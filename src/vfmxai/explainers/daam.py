@@ -13,9 +13,11 @@ Modes (option `mode`):
   pooled embedding (`Backbone.pooled` of the last state; CLIP: the normed class token), with the
   dimension-wise importance weights ω (paper §3.3) held constant: ω = minmax(f̂ ⊙ p / |Σ_d f̂_d p_d|),
   f̂ = f/‖f‖. The authors take p as the mean of the normalised embeddings of the image's k nearest
-  training neighbours of its predicted class (a kNN memory bank); option `prototype` (D,) or (B, D)
-  supplies such a p, and without one p = f̂ (the image's own embedding: ω ∝ f̂², the dimensions that
-  carry its self-similarity). w = ∂score/∂o_cls, not rectified (as the authors' self-supervised code).
+  training neighbours of its predicted class (a kNN memory bank): option `memory_bank` = (embeddings
+  (N, D), labels (N,)) of the training images (`embed` computes them) does that per image (`knn_prototypes`);
+  option `prototype` (D,) or (B, D) supplies a p directly; without either p = f̂ (the image's own
+  embedding: ω ∝ f̂², the dimensions that carry its self-similarity). w = ∂score/∂o_cls, not rectified
+  (as the authors' self-supervised code).
   Targets are ignored. `get("daam", backbone, mode="self_supervised")` accepts a bare `Backbone`: it is
   wrapped in `EmbeddingScore`, a one-output `Classifier` whose logit is the score above.
 
@@ -38,19 +40,57 @@ from vfmxai.explainers.base import Explainer, register
 MODES = ("supervised", "self_supervised")
 
 
+def embed(backbone: Backbone, images: Tensor, batch_size: int = 32) -> Tensor:
+    """Normalised pooled embeddings f̂ (N, D) of `images` (N, 3, H, W): a DAAM memory bank's keys."""
+    with torch.no_grad():
+        pooled = [backbone.pooled(backbone(chunk).hidden_states[-1]) for chunk in images.split(batch_size)]
+    return F.normalize(torch.cat(pooled).float(), dim=-1)
+
+
+def knn_prototypes(queries: Tensor, bank: Tensor, bank_labels: Tensor, k: int = 20) -> Tensor:
+    """DAAM's prototype p (B, D) per query embedding (B, D), from a memory bank (N, D) with labels (N,).
+
+    Cosine similarity throughout. The query's class is the majority label among its k nearest bank entries
+    (ties: the smallest label); p is the mean of the normalised embeddings of the k nearest entries of that
+    class (all of them when the class has fewer than k)."""
+    queries, bank = F.normalize(queries.float(), dim=-1), F.normalize(bank.float().to(queries.device), dim=-1)
+    bank_labels = bank_labels.to(queries.device).long()
+    k = min(k, bank.shape[0])
+    similarity = queries @ bank.T  # (B, N)
+    nearest = similarity.topk(k, dim=1).indices
+    votes = F.one_hot(bank_labels[nearest], int(bank_labels.max()) + 1).sum(1)  # (B, classes)
+    predicted = votes.argmax(dim=1)  # first maximum: the smallest label among tied ones
+    same = bank_labels.unsqueeze(0) == predicted.unsqueeze(1)  # (B, N)
+    order = torch.where(same, similarity, float("-inf")).topk(k, dim=1).indices  # that class's k nearest first
+    keep = same.gather(1, order)  # False where the class has fewer than k entries
+    chosen = bank[order] * keep.unsqueeze(-1)
+    return chosen.sum(1) / keep.sum(1, keepdim=True)
+
+
 class EmbeddingScore(Classifier):
     """A bare backbone as a one-output `Classifier`: logit = Σ_d ω_d f_d (ω constant; module docstring)."""
 
-    def __init__(self, backbone: Backbone, prototype: Tensor | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        prototype: Tensor | None = None,
+        memory_bank: tuple[Tensor, Tensor] | None = None,
+        k: int = 20,
+    ):
         super().__init__()
         self.backbone = backbone
         self.num_classes = 1
         self.prototype = prototype
+        self.memory_bank = memory_bank
+        self.k = k
 
     def importance(self, embedding: Tensor) -> Tensor:
         """Dimension-wise importance weights ω (B, D) of embeddings f (B, D), min-max normalised per image."""
         unit = F.normalize(embedding.detach().float(), dim=-1)
-        proto = unit if self.prototype is None else self.prototype.to(unit).expand_as(unit)
+        if self.memory_bank is not None:
+            proto = knn_prototypes(unit, *self.memory_bank, k=self.k)
+        else:
+            proto = unit if self.prototype is None else self.prototype.to(unit).expand_as(unit)
         product = unit * proto
         weights = product / product.sum(dim=-1, keepdim=True).abs().clamp_min(1e-12)
         low = weights.amin(dim=-1, keepdim=True)
@@ -64,13 +104,19 @@ class EmbeddingScore(Classifier):
 
 @register("daam")
 class DAAM(Explainer):
-    """Dynamic Accumulated Attention Map. Options: `mode` (supervised|self_supervised), `prototype`.
+    """Dynamic Accumulated Attention Map. Options: `mode` (supervised|self_supervised), `prototype`,
+    `memory_bank` and its `k` (self-supervised weights; module docstring).
 
     `attribute` returns the map accumulated over all blocks (patch grid).
     """
 
     def __init__(
-        self, classifier: Classifier | Backbone, mode: str = "supervised", prototype: Tensor | None = None
+        self,
+        classifier: Classifier | Backbone,
+        mode: str = "supervised",
+        prototype: Tensor | None = None,
+        memory_bank: tuple[Tensor, Tensor] | None = None,
+        k: int = 20,
     ):
         if mode not in MODES:
             raise VfmxaiError(f"method 'daam': option mode must be one of {'|'.join(MODES)}, got {mode!r}")
@@ -79,8 +125,16 @@ class DAAM(Explainer):
                 raise VfmxaiError(
                     "method 'daam': a bare backbone (no classifier head) needs mode='self_supervised'"
                 )
-        elif prototype is not None and mode != "self_supervised":
-            raise VfmxaiError("method 'daam': option prototype applies to mode='self_supervised' only")
+        elif (prototype is not None or memory_bank is not None) and mode != "self_supervised":
+            raise VfmxaiError("method 'daam': options prototype and memory_bank apply to mode='self_supervised' only")
+        if prototype is not None and memory_bank is not None:
+            raise VfmxaiError("method 'daam': give option prototype or memory_bank, not both")
+        if memory_bank is not None and not (
+            len(memory_bank) == 2 and memory_bank[0].dim() == 2 and memory_bank[1].shape == memory_bank[0].shape[:1]
+        ):
+            raise VfmxaiError("method 'daam': option memory_bank must be (embeddings (N, D), labels (N,))")
+        if not isinstance(k, int) or k < 1:
+            raise VfmxaiError(f"method 'daam': option k must be a positive integer, got {k!r}")
         backbone = classifier if isinstance(classifier, Backbone) else classifier.backbone
         if backbone.num_prefix_tokens < 1:
             raise VfmxaiError(f"method 'daam': backbone '{backbone.name}' has no class token to decompose")
@@ -92,7 +146,7 @@ class DAAM(Explainer):
                 f" with D = {backbone.hidden_size}"
             )
         if mode == "self_supervised":
-            classifier = EmbeddingScore(backbone, prototype)
+            classifier = EmbeddingScore(backbone, prototype, memory_bank, k)
         super().__init__(classifier)
         self.mode = mode
 

@@ -36,11 +36,11 @@ class EpochLog(L.Callback):
     """Rewrites `log.csv` (one row per finished epoch) atomically after every epoch."""
 
     columns = (
-        "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc",
+        "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_pb_loss", "val_acc",
         *(f"val_map_{name}" for name in ("area", "mean", "spread", "entropy", "border", "pg", "iou", "mask_share")),
     )
-    """`val_map_*`: the map's epoch means on the validation split (`vfmxai.ala.monitor`); pg, iou and mask_share
-    are nan without masks."""
+    """`val_pb_loss`: CE(p_PB) alone. `val_map_*`: the map's epoch means on the validation split
+    (`vfmxai.ala.monitor`); pg, iou and mask_share are nan without masks."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -62,20 +62,26 @@ class EpochLog(L.Callback):
         self.rows = list(state_dict.get("rows", []))
 
 
-class BestWeights(L.Callback):
-    """After each epoch: `model.safetensors` <- trainable weights if val_loss improved.
+SELECT_BY = {"loss": "val_loss", "pb_loss": "val_pb_loss", "last": None}
+"""`train.select_by` -> the logged metric whose minimum picks the kept weights (None: every epoch replaces them)."""
 
-    The best val loss travels in the Lightning checkpoint, so a resumed run keeps comparing against it.
+
+class BestWeights(L.Callback):
+    """After each epoch: `model.safetensors` <- trainable weights if `monitor` improved (every epoch when
+    `monitor` is None).
+
+    The best value travels in the Lightning checkpoint, so a resumed run keeps comparing against it.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, monitor: str | None = "val_loss"):
         self.run_dir = run_dir
+        self.monitor = monitor
         self.best = math.inf
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        val_loss = float(trainer.callback_metrics.get("val_loss", math.nan))
-        if val_loss < self.best or not (self.run_dir / WEIGHTS).exists():
-            self.best = min(self.best, val_loss) if not math.isnan(val_loss) else self.best
+        value = -math.inf if self.monitor is None else float(trainer.callback_metrics.get(self.monitor, math.nan))
+        if value < self.best or self.monitor is None or not (self.run_dir / WEIGHTS).exists():
+            self.best = min(self.best, value) if not math.isnan(value) else self.best
             if trainer.is_global_zero:
                 save_weights(pl_module.model, self.run_dir / WEIGHTS)
 

@@ -8,6 +8,8 @@ A run folder (`vfmxai train --out RUN`) holds:
 - `last.ckpt`: Lightning's resume state (trainable weights, optimiser, loop counters), written at the
   end of every epoch and loaded with `weights_only=True` (`load_resume_state`);
 - `log.csv`: loss and accuracy per epoch.
+A linear-probe run (`classifier = linear_probe`, `vfmxai.training.probe`) holds config, classes, the head's
+weights and log.csv.
 Weights are safetensors (no code can hide in them); the config is JSON.
 """
 
@@ -20,7 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vfmxai.ala import ALAModel, build_model
-from vfmxai.config import RunConfig
+from vfmxai.backbones import load_backbone
+from vfmxai.classifier import Classifier, LinearProbe
+from vfmxai.config import CLASSIFIERS, RunConfig
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text
 
@@ -32,12 +36,22 @@ MAP_CHECK = "map_check.json"
 """The trained map's health on the validation split (`vfmxai.ala.monitor.check_map`), written after training."""
 
 
-def save_weights(model: ALAModel, path: str | Path) -> None:
+def build_classifier(config: RunConfig) -> Classifier:
+    """The untrained model a run's config describes: `ALAModel` or `LinearProbe` (`config.classifier`)."""
+    if config.classifier not in CLASSIFIERS:
+        raise VfmxaiError(f"classifier='{config.classifier}': choose one of {', '.join(CLASSIFIERS)}")
+    if config.classifier == "linear_probe":
+        backbone = load_backbone(config.backbone.name, config.backbone.image_size, seed=config.train.seed)
+        return LinearProbe(backbone.requires_grad_(False), config.model.num_classes)
+    return build_model(config)
+
+
+def save_weights(model: ALAModel | LinearProbe, path: str | Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
-def load_weights(model: ALAModel, path: str | Path) -> ALAModel:
+def load_weights(model: Classifier, path: str | Path) -> Classifier:
     """Load trainable weights; every expected key must be present with the right shape, every value finite."""
     path = Path(path)
     try:
@@ -122,7 +136,7 @@ def write_run_files(run_dir: Path, config: RunConfig, class_names: list[str]) ->
     atomic_write_text(run_dir / CLASSES, "\n".join(class_names) + "\n")
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ALAModel, RunConfig, list[str]]:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, RunConfig, list[str]]:
     """The trained model of a run folder, in eval mode, with its config and class names."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -130,7 +144,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[A
     if not (run_dir / WEIGHTS).is_file():
         raise VfmxaiError(f"--checkpoint {run_dir}: no {WEIGHTS} (was training finished or started?)")
     config = RunConfig.load(run_dir / CONFIG)
-    model = load_weights(build_model(config), run_dir / WEIGHTS)
+    model = load_weights(build_classifier(config), run_dir / WEIGHTS)
     classes_file = run_dir / CLASSES
     class_names = classes_file.read_text().splitlines() if classes_file.is_file() else []
     if len(class_names) != config.model.num_classes:

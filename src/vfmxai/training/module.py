@@ -40,6 +40,8 @@ class ALALightning(L.LightningModule):
         loss = self.model.loss(out, batch["label"])
         acc = (out.logits.argmax(1) == batch["label"]).float().mean()
         self._log_epoch("val", loss, acc, len(batch["image"]))
+        pb_loss = torch.nn.functional.cross_entropy(out.logits, batch["label"])
+        self.log("val_pb_loss", pb_loss, on_step=False, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
         self._log_map(out.alpha.detach(), batch)
 
     def _log_map(self, alpha: torch.Tensor, batch: dict) -> None:

@@ -26,6 +26,7 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json
 from vfmxai.runtime import flush_denormals, resolve_precision
 from vfmxai.training.callbacks import (
+    SELECT_BY,
     AlternatingEpochArchitect,
     BestWeights,
     EpochLog,
@@ -34,6 +35,7 @@ from vfmxai.training.callbacks import (
 )
 from vfmxai.training.checkpoint import CONFIG, LAST, MAP_CHECK, load_resume_state, load_run, write_run_files
 from vfmxai.training.module import ALALightning
+from vfmxai.training.probe import fit_probe
 
 
 class EpochShuffle(Sampler[int]):
@@ -139,6 +141,12 @@ def train(
     """
     run_dir = Path(out)
     last = run_dir / LAST
+    if config.classifier == "linear_probe":
+        if resume:
+            raise VfmxaiError("--resume: a linear probe fits in seconds and keeps no resume state; fit it again")
+        return fit_probe(config, run_dir, datasets_for(config, config.backbone.image_size))
+    if config.classifier != "ala":
+        raise VfmxaiError(f"classifier='{config.classifier}': choose one of ala, linear_probe")
     if resume:
         if not (run_dir / CONFIG).is_file():
             raise VfmxaiError(f"--resume: {run_dir} holds no run to resume (no {CONFIG})")
@@ -148,6 +156,8 @@ def train(
             f"--out {run_dir}: already holds a run; pass --resume to continue it, or choose another folder"
         )
     resume_from = last if resume and last.is_file() else None
+    if config.train.select_by not in SELECT_BY:
+        raise VfmxaiError(f"train.select_by='{config.train.select_by}': choose one of {', '.join(SELECT_BY)}")
     flush_denormals()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     splits = datasets_for(config, config.backbone.image_size)
@@ -169,7 +179,7 @@ def train(
         AlternatingEpochArchitect(config.train.aea),
         *(callbacks or []),
         EpochLog(run_dir / "log.csv"),
-        BestWeights(run_dir),
+        BestWeights(run_dir, SELECT_BY[config.train.select_by]),
     ]
     if config.train.patience > 0:
         schedule.append(EarlyStopping("val_loss", patience=config.train.patience, mode="min"))
