@@ -273,13 +273,19 @@ def test_model_mean_substrate_and_raw_threshold(run, registry, tmp_path: Path) -
     assert float(raw) != pytest.approx(float(mean_iou(maps, masks).double().mean()), abs=1e-3)
     assert metrics["config"]["evaluation"]["threshold_on"] == "raw"
 
+    with pytest.raises(VfmxaiError, match="threshold-on raw: brightness give maps on no fixed"):
+        _evaluate(model, dataset, tmp_path / "b", methods=["ala", "brightness"], threshold_on="raw")
+    assert not (tmp_path / "b").exists()
+
     class Shifted(Brightness):
+        unit_range = True  # declared, but broken: the check on every batch still catches it
+
         def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return images.mean(dim=1) + 1.0
 
     base._REGISTRY["brightness"] = Shifted
     with pytest.raises(VfmxaiError, match="threshold-on raw: method 'brightness' returns maps outside"):
-        _evaluate(model, dataset, tmp_path / "b", methods=["brightness"], threshold_on="raw")
+        _evaluate(model, dataset, tmp_path / "d", methods=["brightness"], threshold_on="raw")
     with pytest.raises(VfmxaiError, match="--threshold-on must be one of normalised, raw"):
         _evaluate(model, dataset, tmp_path / "c", methods=["ala"], threshold_on="minmax")
 

@@ -166,7 +166,18 @@ def test_sigterm_stops_after_the_batch_and_resumes_to_the_unbroken_weights(unbro
 
 
 def test_ctrl_c_while_writing_the_checkpoint_keeps_the_previous_one(unbroken, tmp_path, monkeypatch):
-    """KeyboardInterrupt half-way through writing epoch 2's last.ckpt: epoch 1's stays, whole."""
+    """KeyboardInterrupt half-way through writing epoch 2's last.ckpt: epoch 1's stays, whole.
+
+    A process started in the background by a shell without job control inherits SIGINT ignored, so the test
+    installs Python's own handler first: what it checks is that training leaves that handler in place."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_while_writing_the_checkpoint(unbroken, tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _interrupt_while_writing_the_checkpoint(unbroken, tmp_path, monkeypatch) -> None:
     real_save = L.Trainer.save_checkpoint
     calls = []
 

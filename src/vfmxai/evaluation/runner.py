@@ -162,6 +162,12 @@ def evaluate(
     if n_images == 0:
         raise VfmxaiError(f"dataset {dataset_name or ''} split {split}: no images to evaluate")
     names, missing = resolve_methods(methods, model)
+    unbounded = [m for m in names if threshold_on == "raw" and not explainers.unit_range(m)]
+    if unbounded:
+        raise VfmxaiError(
+            f"--threshold-on raw: {', '.join(unbounded)} give maps on no fixed [0, 1] scale; raw thresholds "
+            "suit ala's sigmoid map (evaluate those methods with the default --threshold-on normalised)"
+        )
     model.eval()
     device = _device(model)
     out = Path(out)

@@ -13,6 +13,8 @@ from vfmxai.explainers.base import Explainer, register
 class ALAExplainer(Explainer):
     """The map is class-agnostic by construction (the adapter draws one map per image); targets are ignored."""
 
+    unit_range = True
+
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         explain = getattr(self.classifier, "explain", None)
         if explain is None:

@@ -51,6 +51,11 @@ def default_options(name: str) -> dict[str, Any]:
     }
 
 
+def unit_range(name: str) -> bool:
+    """Whether method `name` declares raw maps on a fixed [0, 1] scale (`Explainer.unit_range`)."""
+    return bool(_REGISTRY[name].unit_range) if name in _REGISTRY else False
+
+
 def get(name: str, classifier: Classifier, **options: Any) -> Explainer:
     """The explainer registered as `name`, bound to `classifier`."""
     if name not in _REGISTRY:
@@ -60,6 +65,9 @@ def get(name: str, classifier: Classifier, **options: Any) -> Explainer:
 
 class Explainer:
     name: str = "base"
+    unit_range: bool = False
+    """True when `attribute` returns values on a fixed [0, 1] scale (ALA's sigmoid map), so a raw threshold
+    means the same on every image."""
 
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
