@@ -165,19 +165,19 @@ def test_sigterm_stops_after_the_batch_and_resumes_to_the_unbroken_weights(unbro
     _resume_and_compare(tmp_path / "run", unbroken, {2: False, 3: True})
 
 
-def test_ctrl_c_while_writing_the_checkpoint_keeps_the_previous_one(unbroken, tmp_path, monkeypatch):
-    """KeyboardInterrupt half-way through writing epoch 2's last.ckpt: epoch 1's stays, whole.
-
-    A process started in the background by a shell without job control inherits SIGINT ignored, so the test
-    installs Python's own handler first: what it checks is that training leaves that handler in place."""
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler for the test's duration: a process started in the background by a shell
+    without job control inherits SIGINT ignored, and the test checks that training leaves the handler it found."""
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _interrupt_while_writing_the_checkpoint(unbroken, tmp_path, monkeypatch)
-    finally:
-        signal.signal(signal.SIGINT, inherited)
+    yield
+    signal.signal(signal.SIGINT, inherited)
 
 
-def _interrupt_while_writing_the_checkpoint(unbroken, tmp_path, monkeypatch) -> None:
+def test_ctrl_c_while_writing_the_checkpoint_keeps_the_previous_one(
+    unbroken, tmp_path, monkeypatch, python_sigint_handler
+):
+    """KeyboardInterrupt half-way through writing epoch 2's last.ckpt: epoch 1's stays, whole."""
     real_save = L.Trainer.save_checkpoint
     calls = []
 

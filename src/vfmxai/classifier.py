@@ -32,8 +32,7 @@ class LinearProbe(Classifier):
         self.head = nn.Linear(backbone.hidden_size, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
-        last = self.backbone(images).hidden_states[-1]
-        return self.head(self.backbone.pooled(last))
+        return self.head(self.backbone.embedding(images))
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """What a probe's run folder holds: the head only (the backbone is frozen and loaded from its source)."""

@@ -138,6 +138,15 @@ PB_TOKEN_NORMS = ("none", "layernorm")
 HEAD_INITS = ("zeros", "default")
 GATE_NORMS = ("mean", "none")
 CONV_PADDINGS = ("zeros", "replicate")
+READINGS = {
+    "ala_head_input": ALA_HEAD_INPUTS,
+    "map_norm": MAP_NORMS,
+    "pb_token_norm": PB_TOKEN_NORMS,
+    "head_init": HEAD_INITS,
+    "gate_norm": GATE_NORMS,
+    "conv_padding": CONV_PADDINGS,
+}
+"""The `ALAConfig` fields that name one reading among fixed choices, checked before anything is built."""
 
 
 class ALAModel(Classifier):
@@ -150,27 +159,18 @@ class ALAModel(Classifier):
         self.backbone = backbone
         self.config = config
         self.num_classes = config.num_classes
+        for field_name, choices in READINGS.items():
+            if getattr(config, field_name) not in choices:
+                raise VfmxaiError(
+                    f"model.{field_name}='{getattr(config, field_name)}': choose one of {', '.join(choices)}"
+                )
         self.inject_from = inject_indices(config, backbone.num_blocks)
-        if config.conv_padding not in CONV_PADDINGS:
-            raise VfmxaiError(
-                f"model.conv_padding='{config.conv_padding}': choose one of {', '.join(CONV_PADDINGS)}"
-            )
         padding = config.conv_padding
         self.former = ALAFormer(config, backbone.image_size, backbone.hidden_size, len(self.inject_from))
         self.map_features = nn.Sequential(
             nn.Conv2d(config.dim, config.map_channels, kernel_size=3, padding=1, padding_mode=padding), nn.GELU()
         )
         self.map_out = nn.Conv2d(config.map_channels, 1, kernel_size=1)
-        if config.ala_head_input not in ALA_HEAD_INPUTS:
-            raise VfmxaiError(
-                f"model.ala_head_input='{config.ala_head_input}': choose one of {', '.join(ALA_HEAD_INPUTS)}"
-            )
-        if config.map_norm not in MAP_NORMS:
-            raise VfmxaiError(f"model.map_norm='{config.map_norm}': choose one of {', '.join(MAP_NORMS)}")
-        if config.pb_token_norm not in PB_TOKEN_NORMS:
-            raise VfmxaiError(
-                f"model.pb_token_norm='{config.pb_token_norm}': choose one of {', '.join(PB_TOKEN_NORMS)}"
-            )
         self.ala_head_reads_map = config.ala_head_input == "map"
         # a one-channel map needs a second conv stage to see shapes larger than 3x3 cells before pooling
         self.ala_head = (
@@ -179,10 +179,6 @@ class ALAModel(Classifier):
             else ConvHead(config.map_channels, config.map_channels, config.num_classes, padding_mode=padding)
         )
         self.perception = ConvHead(backbone.hidden_size, config.pb_channels, config.num_classes, padding_mode=padding)
-        if config.gate_norm not in GATE_NORMS:
-            raise VfmxaiError(f"model.gate_norm='{config.gate_norm}': choose one of {', '.join(GATE_NORMS)}")
-        if config.head_init not in HEAD_INITS:
-            raise VfmxaiError(f"model.head_init='{config.head_init}': choose one of {', '.join(HEAD_INITS)}")
         if config.head_init == "zeros":
             for head in (self.ala_head, self.perception):
                 nn.init.zeros_(head.fc.weight)

@@ -117,6 +117,10 @@ class Backbone(nn.Module):
             return token
         return _get(self.model, self.spec.final_norm_path)(token)
 
+    def embedding(self, images: Tensor) -> Tensor:
+        """`pooled` of the last hidden state (B, D): what a linear probe and DAAM's self-supervised score read."""
+        return self.pooled(self(images).hidden_states[-1])
+
     @contextlib.contextmanager
     def eager_attention(self) -> Iterator[None]:
         """Run attention in eager mode inside the block, so attention probabilities exist and carry gradient.

@@ -365,18 +365,17 @@ def _score_batch(
         raise VfmxaiError(f"method_options for '{method}': {err}") from None
     raw_threshold = threshold_on == "raw"
     with explainer:
-        maps = explainer(images, targets, normalize=not raw_threshold).detach()
+        resized = explainer(images, targets, normalize=False).detach()
     _sync(device)
     explained = time.perf_counter()
-    thresholded = maps
-    if raw_threshold:
-        if not bool(((maps >= 0) & (maps <= 1)).all()):
-            raise VfmxaiError(
-                f"--threshold-on raw: method '{method}' returns maps outside [0, 1] "
-                f"({float(maps.min()):.3g}..{float(maps.max()):.3g}); raw thresholds suit maps on a fixed [0, 1] "
-                "scale such as ala's"
-            )
-        maps = normalize_maps(maps)
+    if raw_threshold and not bool(((resized >= 0) & (resized <= 1)).all()):
+        raise VfmxaiError(
+            f"--threshold-on raw: method '{method}' returns maps outside [0, 1] "
+            f"({float(resized.min()):.3g}..{float(resized.max()):.3g}); raw thresholds suit maps on a fixed [0, 1] "
+            "scale such as ala's"
+        )
+    maps = normalize_maps(resized)
+    thresholded = resized if raw_threshold else maps
     inter, union = iou_counts(thresholded, masks, threshold, not raw_threshold)
     model_mean = substrate == "model-mean"
     insdel = insertion_deletion(

@@ -43,7 +43,7 @@ MODES = ("supervised", "self_supervised")
 def embed(backbone: Backbone, images: Tensor, batch_size: int = 32) -> Tensor:
     """Normalised pooled embeddings f̂ (N, D) of `images` (N, 3, H, W): a DAAM memory bank's keys."""
     with torch.no_grad():
-        pooled = [backbone.pooled(backbone(chunk).hidden_states[-1]) for chunk in images.split(batch_size)]
+        pooled = [backbone.embedding(chunk) for chunk in images.split(batch_size)]
     return F.normalize(torch.cat(pooled).float(), dim=-1)
 
 
@@ -98,7 +98,7 @@ class EmbeddingScore(Classifier):
         return torch.where(span > 0, (weights - low) / span.clamp_min(1e-12), torch.ones_like(weights))
 
     def forward(self, images: Tensor) -> Tensor:
-        embedding = self.backbone.pooled(self.backbone(images).hidden_states[-1])
+        embedding = self.backbone.embedding(images)
         return (self.importance(embedding).to(embedding.dtype) * embedding).sum(dim=-1, keepdim=True)
 
 

@@ -79,11 +79,13 @@ class BestWeights(L.Callback):
         self.best = math.inf
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        value = -math.inf if self.monitor is None else float(trainer.callback_metrics.get(self.monitor, math.nan))
-        if value < self.best or self.monitor is None or not (self.run_dir / WEIGHTS).exists():
+        if self.monitor is not None:
+            value = float(trainer.callback_metrics.get(self.monitor, math.nan))
+            if not value < self.best and (self.run_dir / WEIGHTS).exists():
+                return
             self.best = min(self.best, value) if not math.isnan(value) else self.best
-            if trainer.is_global_zero:
-                save_weights(pl_module.model, self.run_dir / WEIGHTS)
+        if trainer.is_global_zero:
+            save_weights(pl_module.model, self.run_dir / WEIGHTS)
 
     def state_dict(self) -> dict:
         return {"best": self.best}

@@ -63,7 +63,7 @@ def _embed(backbone, dataset: Dataset, batch_size: int) -> tuple[Tensor, Tensor]
     pooled, labels = [], []
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
-            pooled.append(backbone.pooled(backbone(batch["image"]).hidden_states[-1]))
+            pooled.append(backbone.embedding(batch["image"]))
             labels.append(batch["label"])
     if not pooled:
         return torch.zeros(0, backbone.hidden_size), torch.zeros(0, dtype=torch.long)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vfmxai.ala import ALAModel, build_model
 from vfmxai.ala.monitor import MapCheck, check_map
-from vfmxai.config import RunConfig
+from vfmxai.config import CLASSIFIERS, RunConfig
 from vfmxai.data import collate, get_dataset, loader_workers
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json
@@ -145,8 +145,8 @@ def train(
         if resume:
             raise VfmxaiError("--resume: a linear probe fits in seconds and keeps no resume state; fit it again")
         return fit_probe(config, run_dir, datasets_for(config, config.backbone.image_size))
-    if config.classifier != "ala":
-        raise VfmxaiError(f"classifier='{config.classifier}': choose one of ala, linear_probe")
+    if config.classifier not in CLASSIFIERS:
+        raise VfmxaiError(f"classifier='{config.classifier}': choose one of {', '.join(CLASSIFIERS)}")
     if resume:
         if not (run_dir / CONFIG).is_file():
             raise VfmxaiError(f"--resume: {run_dir} holds no run to resume (no {CONFIG})")
