@@ -102,3 +102,16 @@ def test_malformed_method_option_is_a_usage_error(bad, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["evaluate", "--checkpoint", "x", "--dataset", "synthetic", "--out", "o", "--method-option", bad])
     assert stop.value.code == 2 and "METHOD.KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, words", [
+    ("rise.n_masks=abc", ("rise", "n_masks='abc'", "must be of type int")),
+    ("rise.nmasks=5", ("rise", "unknown option 'nmasks'", "n_masks")),
+    ("ig.steps=true", ("ig", "steps=True", "must be of type int")),
+])
+def test_a_bad_method_option_is_one_line_before_any_output(run_dir, tmp_path, capsys, option, words):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(run_dir), "--dataset", "synthetic", "--split", "test",
+                 "--methods", "rise,ig", "--steps", "1", "--no-progress", "--out", str(out), "--method-option", option])
+    assert_one_line_error(capsys, code, *words)
+    assert not out.exists()

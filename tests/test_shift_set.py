@@ -38,5 +38,9 @@ def test_written_set_loads_and_checks_clean_and_is_not_overwritten(shift, tmp_pa
     sample = test[1]
     _, mask, label = shift.render(0, "test", 1, 48)
     assert int(sample["label"]) == label and np.array_equal(sample["mask"].numpy(), mask)
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit, match="not an empty folder"):
         shift.main(["--out", str(out), "--n-train", "1"])
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(SystemExit, match="not an empty folder"):
+        shift.main(["--out", str(tmp_path / "a_file")])
+    assert (tmp_path / "a_file").read_text() == "mine"

@@ -298,6 +298,8 @@ def _check_args(
         if name not in METHODS and name not in registered:
             raise VfmxaiError(f"method_options: unknown method '{name}' (known: {', '.join(METHODS)})")
         _jsonable(opts, f"method_options['{name}']")
+        if name in registered:
+            explainers.check_options(name, opts)
     return options
 
 

@@ -51,6 +51,29 @@ def default_options(name: str) -> dict[str, Any]:
     }
 
 
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """VfmxaiError (one line) for an option method `name` does not take, or a value whose type differs from its
+    default's (an int where a float is expected is fine): checked before any work, so a typo never costs a run."""
+    if name not in _REGISTRY:
+        raise VfmxaiError(f"unknown method '{name}' (available: {', '.join(available())})")
+    parameters = dict(list(inspect.signature(_REGISTRY[name].__init__).parameters.items())[2:])
+    for option, value in options.items():
+        if option not in parameters:
+            raise VfmxaiError(f"method '{name}': unknown option '{option}' (options: {', '.join(parameters)})")
+        default = parameters[option].default
+        if default is None or default is inspect.Parameter.empty:
+            continue
+        if isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default)) and isinstance(value, bool) == isinstance(default, bool)
+        if not ok:
+            raise VfmxaiError(
+                f"method '{name}': option {option}={value!r} must be of type {type(default).__name__}, "
+                f"like its default {default!r}"
+            )
+
+
 def unit_range(name: str) -> bool:
     """Whether method `name` declares raw maps on a fixed [0, 1] scale (`Explainer.unit_range`)."""
     return bool(_REGISTRY[name].unit_range) if name in _REGISTRY else False
