@@ -147,6 +147,21 @@ def test_f2_reads_the_map_in_odd_epochs():
     torch.testing.assert_close(seen["x"], out.alpha[:, None])
 
 
+@pytest.mark.parametrize("head_input", ["map", "features"])
+def test_ce_of_p_ala_reaches_alpha_only_when_f2_reads_the_map(head_input):
+    """The diagnosis of the unseen-data failure rests on this: with f2 reading F, CE(p_ALA) leaves the
+    map's own 1x1 conv (what turns F into alpha) untouched, so only the perception branch shapes alpha."""
+    config = tiny_run_config()
+    config.model.num_classes = 6
+    config.model.ala_head_input = head_input
+    model = build_model(config)
+    out = model.forward_all(torch.rand(2, 3, 32, 32))
+    ce_ala = torch.nn.functional.cross_entropy(out.logits_ala, torch.tensor([0, 3]))
+    grads = torch.autograd.grad(ce_ala, [model.map_out.weight, model.map_features[0].weight], allow_unused=True)
+    assert (grads[0] is not None and grads[0].abs().sum() > 0) == (head_input == "map")
+    assert grads[1] is not None and grads[1].abs().sum() > 0
+
+
 def test_without_the_lattice_the_map_ignores_every_backbone_block():
     """The no-lattice ablation injects no VFM state: perturbing every block's weights leaves alpha unchanged."""
     config = tiny_run_config()
