@@ -267,7 +267,8 @@ def test_model_mean_substrate_and_raw_threshold(run, registry, tmp_path: Path) -
         model, images, maps, labels, steps=STEPS, substrate="mean", substrate_value=model.backbone.mean.flatten()
     )
     got = metrics["methods"]["ala"]
-    assert got["insertion"] == pytest.approx(float(insdel.insertion.double().mean()), abs=2e-6)
+    # float32 scores from evaluation's batches against one batch here: agreement to 1e-5, not bit for bit
+    assert got["insertion"] == pytest.approx(float(insdel.insertion.double().mean()), abs=1e-5)
     raw = mean_iou(raw_maps, masks, 0.5, normalize=False).double().mean()
     assert got["miou"] == pytest.approx(float(raw), abs=2e-6)
     assert float(raw) != pytest.approx(float(mean_iou(maps, masks).double().mean()), abs=1e-3)
