@@ -31,9 +31,12 @@ def test_forward_shapes_and_one_backbone_pass():
     assert 0 <= maps.min() and maps.max() <= 1
 
 
-def _tiny_model() -> ALAModel:
+def _tiny_model(**model_fields: object) -> ALAModel:
+    """The tiny run's ALA model with 6 classes and any `ALAConfig` fields set."""
     config = tiny_run_config()
     config.model.num_classes = 6
+    for name, value in model_fields.items():
+        setattr(config.model, name, value)
     return build_model(config)
 
 
@@ -131,9 +134,7 @@ def test_f2_reads_h_ala_so_even_epochs_leave_only_the_pb_loss_on_lora():
     for a, b in zip(full, pb_only, strict=True):
         torch.testing.assert_close(a, b)
 
-    config = tiny_run_config()
-    config.model.num_classes, config.model.ala_head_input = 6, "features"
-    features_model = build_model(config)
+    features_model = _tiny_model(ala_head_input="features")
     features_model.use_map = False
     out = features_model.forward_all(images)
     assert not torch.allclose(out.logits_ala, out.logits_ala[:1].expand_as(out.logits_ala))
@@ -151,10 +152,7 @@ def test_f2_reads_the_map_in_odd_epochs():
 def test_ce_of_p_ala_reaches_alpha_only_when_f2_reads_the_map(head_input):
     """The diagnosis of the unseen-data failure rests on this: with f2 reading F, CE(p_ALA) leaves the
     map's own 1x1 conv (what turns F into alpha) untouched, so only the perception branch shapes alpha."""
-    config = tiny_run_config()
-    config.model.num_classes = 6
-    config.model.ala_head_input = head_input
-    model = build_model(config)
+    model = _tiny_model(ala_head_input=head_input)
     out = model.forward_all(torch.rand(2, 3, 32, 32))
     ce_ala = torch.nn.functional.cross_entropy(out.logits_ala, torch.tensor([0, 3]))
     grads = torch.autograd.grad(ce_ala, [model.map_out.weight, model.map_features[0].weight], allow_unused=True)
@@ -164,9 +162,7 @@ def test_ce_of_p_ala_reaches_alpha_only_when_f2_reads_the_map(head_input):
 
 def test_without_the_lattice_the_map_ignores_every_backbone_block():
     """The no-lattice ablation injects no VFM state: perturbing every block's weights leaves alpha unchanged."""
-    config = tiny_run_config()
-    config.model.num_classes, config.model.lattice = 6, False
-    model = build_model(config).eval()
+    model = _tiny_model(lattice=False).eval()
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         before = model.forward_all(images).alpha
@@ -178,9 +174,7 @@ def test_without_the_lattice_the_map_ignores_every_backbone_block():
 
 
 def test_image_map_norm_standardises_the_logits_within_each_image():
-    config = tiny_run_config()
-    config.model.num_classes, config.model.map_norm = 6, "image"
-    model = build_model(config)
+    model = _tiny_model(map_norm="image")
     alpha = model.forward_all(torch.rand(3, 3, 32, 32)).alpha
     logits = torch.logit(alpha.double()).flatten(1)
     torch.testing.assert_close(logits.mean(1), torch.zeros(3, dtype=torch.double), atol=1e-4, rtol=0)
@@ -188,9 +182,7 @@ def test_image_map_norm_standardises_the_logits_within_each_image():
 
 
 def test_pb_token_norm_standardises_each_token_before_the_gate():
-    config = tiny_run_config()
-    config.model.num_classes, config.model.pb_token_norm = 6, "layernorm"
-    model = build_model(config)
+    model = _tiny_model(pb_token_norm="layernorm")
     model.use_map = False
     seen = {}
     model.perception.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
@@ -203,25 +195,18 @@ def test_pb_token_norm_standardises_each_token_before_the_gate():
     "field", ["ala_head_input", "map_norm", "pb_token_norm", "gate_norm", "head_init", "conv_padding"]
 )
 def test_unknown_reading_is_one_line_naming_the_field(field):
-    config = tiny_run_config()
-    config.model.num_classes = 6
-    setattr(config.model, field, "banana")
     with pytest.raises(VfmxaiError, match=f"model.{field}='banana'"):
-        build_model(config)
+        _tiny_model(**{field: "banana"})
 
 
 def test_zero_head_init_predicts_uniform_at_step_zero():
-    config = tiny_run_config()
-    config.model.num_classes, config.model.head_init = 6, "zeros"
-    out = build_model(config).forward_all(torch.rand(2, 3, 32, 32))
+    out = _tiny_model(head_init="zeros").forward_all(torch.rand(2, 3, 32, 32))
     assert torch.equal(out.logits, torch.zeros_like(out.logits))
     assert torch.equal(out.logits_ala, torch.zeros_like(out.logits_ala))
 
 
 def test_mean_gate_norm_divides_alpha_by_its_grid_mean_and_leaves_ones():
-    config = tiny_run_config()
-    config.model.num_classes, config.model.gate_norm = 6, "mean"
-    model = build_model(config)
+    model = _tiny_model(gate_norm="mean")
     alpha = torch.rand(2, 1, 4, 4) + 0.1
     torch.testing.assert_close(model.h_ala(alpha), alpha / alpha.mean(dim=(2, 3), keepdim=True))
     model.use_map = False
@@ -232,10 +217,8 @@ def test_mean_gate_norm_divides_alpha_by_its_grid_mean_and_leaves_ones():
 def test_replicate_padding_leaves_no_border_for_the_convs_to_find(padding, flat):
     """A spatially constant input gives a constant map and constant head features with `replicate`; with zero
     padding the border cells come out different (what let the map single out a frame)."""
-    config = tiny_run_config()
-    config.model.num_classes, config.model.conv_padding = 6, padding
-    model = build_model(config)
-    grid = torch.randn(2, config.model.dim, 1, 1).expand(2, config.model.dim, 6, 6)
+    model = _tiny_model(conv_padding=padding)
+    grid = torch.randn(2, model.config.dim, 1, 1).expand(2, model.config.dim, 6, 6)
     _, alpha = model.attention_map(grid)
     body = model.perception.body(torch.randn(2, model.backbone.hidden_size, 1, 1).expand(-1, -1, 6, 6))
     f2_body = model.ala_head.body(torch.full((2, 1, 6, 6), 0.7))
