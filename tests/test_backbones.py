@@ -23,7 +23,7 @@ def test_hidden_states_are_block_inputs_and_outputs():
 def test_position_embeddings_interpolate_to_larger_inputs():
     backbone = load_backbone("tiny", image_size=48)
     states = backbone.hidden_states(torch.rand(1, 3, 48, 48))
-    assert states[-1].shape == (1, 1 + 36, 32) and backbone.grid() == 6
+    assert states[-1].shape == (1, 1 + 36, 32) and backbone.grid_shape() == (6, 6)
 
 
 def test_lora_trains_only_lora_and_starts_as_identity():
@@ -49,12 +49,21 @@ def test_lora_trains_only_lora_and_starts_as_identity():
     assert len(lora_state_dict(backbone)) == 2 * 4 * 2
 
 
-def test_eager_attention_gives_attention_probabilities():
-    backbone = load_backbone("tiny")
-    with backbone.eager_attention():
-        attentions = backbone(torch.rand(1, 3, 32, 32), output_attentions=True).attentions
-    assert len(attentions) == 4
-    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(1, 4, 17))
+def test_patch_grid_puts_each_patch_token_at_its_row_and_column():
+    backbone = load_backbone("tiny")  # patch 8, one class token
+    assert backbone.grid_shape((40, 24)) == (5, 3)
+    tokens = torch.arange(2 * (1 + 15) * 4, dtype=torch.float32).view(2, 16, 4)  # a 40x24 image's tokens
+    grid = backbone.patch_grid(tokens, (40, 24))
+    assert grid.shape == (2, 4, 5, 3)
+    for row, col in ((0, 0), (0, 2), (4, 1)):
+        torch.testing.assert_close(grid[:, :, row, col], tokens[:, 1 + row * 3 + col])
+    scores = tokens[..., 0]
+    torch.testing.assert_close(backbone.patch_grid(scores, (40, 24)), grid[:, 0])
+    torch.testing.assert_close(backbone.patch_grid(tokens[:, :10]), tokens[:, 1:10].transpose(1, 2).reshape(2, 4, 3, 3))
+    with pytest.raises(VfmxaiError, match="15 patch tokens do not form the 4x4 grid"):
+        backbone.patch_grid(tokens, (32, 32))
+    with pytest.raises(VfmxaiError, match="do not form a square"):
+        backbone.patch_grid(tokens)
 
 
 def test_missing_weights_name_the_id_the_cache_and_the_flag(tmp_path, monkeypatch):

@@ -14,13 +14,14 @@ from explainer_fixtures import (
     tiny_probe,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import eager_attention_forward
 
 import vfmxai.explainers.attention as attention_mod
 import vfmxai.explainers.daam  # noqa: F401  (registers daam)
 import vfmxai.explainers.lrp  # noqa: F401  (registers lrp)
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers import get
-from vfmxai.explainers.attention import gradient_rollout, record_attention, rollout_matrix
+from vfmxai.explainers.attention import gradient_rollout, record_attention, rollout_matrix, swap_attention
 
 
 def test_recorded_attention_equals_transformers_eager_attention():
@@ -28,7 +29,7 @@ def test_recorded_attention_equals_transformers_eager_attention():
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         reference = model(images)
-        with model.backbone.eager_attention():
+        with swap_attention(model.backbone, eager_attention_forward):
             expected = model.backbone(images, output_attentions=True).attentions
         with record_attention(model.backbone) as records:
             logits = model(images)
@@ -167,7 +168,7 @@ def test_transformer_attribution_matches_the_paper_on_transformers_own_attention
     images, targets = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
     with get("transformer_attribution", model) as explainer:
         raw = explainer.attribute(images, targets)
-    with model.backbone.eager_attention():
+    with swap_attention(model.backbone, eager_attention_forward):
         out = model.backbone(images, output_attentions=True)
         for a in out.attentions:
             a.retain_grad()

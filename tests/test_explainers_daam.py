@@ -12,9 +12,11 @@ from explainer_fixtures import (
     randomization_check,
     tiny_probe,
 )
+from transformers.models.clip.modeling_clip import eager_attention_forward
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers import get
+from vfmxai.explainers.attention import swap_attention
 from vfmxai.explainers.daam import DAAM, EmbeddingScore, embed, knn_prototypes
 
 
@@ -45,7 +47,7 @@ def test_per_block_maps_match_a_hand_decomposition_of_transformers_attention():
         handles.append(attention.v_proj.register_forward_hook(lambda m, a, out: values.append(out)))
         handles.append(attention.out_proj.register_forward_pre_hook(lambda m, a: outputs.append(a[0])))
     try:
-        with backbone.eager_attention():
+        with swap_attention(backbone, eager_attention_forward):
             out = backbone(images.clone().requires_grad_(True), output_attentions=True)
             logits = model.head(backbone.pooled(out.hidden_states[-1]))
             grads = torch.autograd.grad(logits.gather(1, targets.view(-1, 1)).sum(), outputs)

@@ -12,13 +12,14 @@ from explainer_fixtures import (
     randomization_check,
     tiny_probe,
 )
+from scipy import ndimage
 from torch import nn
 from transformers.activations import QuickGELUActivation
 
 import vfmxai.explainers.gradient  # noqa: F401  (registers ig, guided_bp)
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers import get
-from vfmxai.explainers.gradient import gaussian_blur
+from vfmxai.metrics import gaussian_blur
 
 
 class ReluCNN(nn.Module):
@@ -128,12 +129,22 @@ def test_ig_baselines():
     x = _images(2, size=16)
     explainer = get("ig", ReluCNN(), baseline="mean")
     torch.testing.assert_close(explainer.baseline_images(x)[:, :, 3, 5], x.mean(dim=(2, 3)))
-    blurred = gaussian_blur(x, 2.0)
+    blurred = get("ig", ReluCNN(), baseline="blur", blur_sigma=2.0).baseline_images(x)
+    torch.testing.assert_close(blurred, gaussian_blur(x, 2.0, border="reflect"))
     assert blurred.shape == x.shape
     torch.testing.assert_close(blurred.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.03, rtol=0)
     assert blurred.std() < x.std()
     flat = torch.full((1, 3, 16, 16), 0.3)
-    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0, border="reflect"), flat)
+
+
+def test_reflect_blur_is_scipys_mirror_blur_with_the_radius_clipped_to_the_image():
+    x = torch.rand(1, 3, 21, 17, generator=torch.Generator().manual_seed(4))
+    small = x[:, :, :5, :5]  # radius ceil(3 * 2) = 6 clipped to 4: scipy's kernel truncated at 4 = 2 sigma
+    for images, truncate in ((x, 3.0), (small, 2.0)):
+        reference = ndimage.gaussian_filter(images.double().numpy(), (0, 0, 2, 2), mode="mirror", truncate=truncate)
+        blurred = gaussian_blur(images, 2.0, border="reflect").double()
+        torch.testing.assert_close(blurred, torch.from_numpy(reference), atol=1e-6, rtol=0)
 
 
 def test_map_reduction_sign():

@@ -7,12 +7,13 @@ to the pixels a person sees.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from vfmxai.errors import VfmxaiError
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Backbone(nn.Module):
     """A ViT encoder: `hidden_states(x)` -> [h^(0), ..., h^(k)], each (B, prefix + N, D).
 
     h^(0) is the input to block 1 (for CLIP: the embeddings after `pre_layrnorm`), h^(i) the output
-    of block i (DESIGN §3). Position embeddings are interpolated when `image_size` differs from the
+    of block i. Position embeddings are interpolated when `image_size` differs from the
     size the weights were trained at.
     """
 
@@ -81,9 +82,10 @@ class Backbone(nn.Module):
     def attention(self, block_index: int) -> nn.Module:
         return getattr(self.blocks[block_index], self.spec.attention_name)
 
-    def grid(self, image_size: int | None = None) -> int:
-        """Patch tokens per side for a square input."""
-        return (image_size or self.image_size) // self.patch_size
+    def grid_shape(self, image_size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Patch tokens (rows, columns) for an (H, W) input (None: the square `image_size`)."""
+        height, width = image_size or (self.image_size, self.image_size)
+        return height // self.patch_size, width // self.patch_size
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images - self.mean) / self.std
@@ -103,12 +105,21 @@ class Backbone(nn.Module):
     def hidden_states(self, images: Tensor) -> list[Tensor]:
         return list(self(images).hidden_states)
 
-    def patch_grid(self, tokens: Tensor) -> Tensor:
-        """(B, prefix + g*g, D) -> (B, D, g, g)."""
+    def patch_grid(self, tokens: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+        """The patch tokens on their grid: (B, prefix + N, D) -> (B, D, g_h, g_w), and per-token scores
+        (B, prefix + N) -> (B, g_h, g_w); the prefix tokens are dropped.
+
+        The grid is `grid_shape(image_size)` for the (H, W) of the input the tokens came from; without
+        it, the square grid of N tokens."""
         patches = tokens[:, self.num_prefix_tokens :]
-        b, n, d = patches.shape
-        g = int(round(n**0.5))
-        return patches.transpose(1, 2).reshape(b, d, g, g)
+        n = patches.shape[1]
+        rows, cols = (math.isqrt(n),) * 2 if image_size is None else self.grid_shape(image_size)
+        if rows * cols != n:
+            where = "a square" if image_size is None else f"the {rows}x{cols} grid of a {tuple(image_size)} image"
+            raise VfmxaiError(f"backbone '{self.name}': {n} patch tokens do not form {where}")
+        if tokens.dim() == 2:
+            return patches.reshape(tokens.shape[0], rows, cols)
+        return patches.transpose(1, 2).reshape(tokens.shape[0], -1, rows, cols)
 
     def pooled(self, last_hidden: Tensor) -> Tensor:
         """The image embedding a linear probe reads: the normed class token (mean patch token for SigLIP)."""
@@ -120,20 +131,3 @@ class Backbone(nn.Module):
     def embedding(self, images: Tensor) -> Tensor:
         """`pooled` of the last hidden state (B, D): what a linear probe and DAAM's self-supervised score read."""
         return self.pooled(self(images).hidden_states[-1])
-
-    @contextlib.contextmanager
-    def eager_attention(self) -> Iterator[None]:
-        """Run attention in eager mode inside the block, so attention probabilities exist and carry gradient.
-
-        SDPA (the transformers default) returns no attention weights; methods that read them
-        (rollout, transformer attribution, DAAM, LRP) switch here and back.
-        """
-        configs = [m.config for m in self.model.modules() if hasattr(m, "config")]
-        previous = [c._attn_implementation for c in configs]
-        for c in configs:
-            c._attn_implementation = "eager"
-        try:
-            yield
-        finally:
-            for c, impl in zip(configs, previous, strict=True):
-                c._attn_implementation = impl

@@ -24,7 +24,7 @@ from torch import Tensor
 from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, register
+from vfmxai.explainers.base import Explainer, register, target_logits
 
 HEAD_FUSIONS = ("mean", "max", "min")
 _KEYS = itertools.count()
@@ -98,18 +98,6 @@ def forward_recorded(
             f" got {len(records)}; the classifier must run its backbone exactly once per forward"
         )
     return logits, records
-
-
-def target_score(logits: Tensor, targets: Tensor) -> Tensor:
-    """Sum over the batch of each image's target logit (images do not interact: gradients stay per image)."""
-    return logits.gather(1, targets.view(-1, 1)).sum()
-
-
-def token_map(scores: Tensor, images: Tensor, backbone: Backbone) -> Tensor:
-    """(B, prefix + N) per-token scores -> (B, H/p, W/p) over the patch grid."""
-    p = backbone.patch_size
-    patches = scores[:, backbone.num_prefix_tokens :]
-    return patches.reshape(scores.shape[0], images.shape[-2] // p, images.shape[-1] // p)
 
 
 def check_start_block(method: str, start_block: int, backbone: Backbone) -> int:
@@ -190,7 +178,8 @@ class AttentionRollout(Explainer):
         with torch.no_grad():
             _, records = forward_recorded(self.classifier, images, self.name)
             rollout = rollout_matrix([r.weights for r in records], self.head_fusion, self.start_block)
-        return token_map(class_row(rollout, self.classifier.backbone), images, self.classifier.backbone)
+        backbone = self.classifier.backbone
+        return backbone.patch_grid(class_row(rollout, backbone), images.shape[-2:])
 
 
 @register("transformer_attribution")
@@ -215,7 +204,8 @@ class TransformerAttribution(Explainer):
             images = images.detach().requires_grad_(True)
             logits, records = forward_recorded(self.classifier, images, self.name)
             weights = [r.weights for r in records]
-            gradients = torch.autograd.grad(target_score(logits, targets), weights, allow_unused=True)
+            gradients = torch.autograd.grad(target_logits(logits, targets).sum(), weights, allow_unused=True)
         gradients = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, gradients, strict=True)]
         relevance = gradient_rollout([w.detach() for w in weights], gradients, self.start_block)
-        return token_map(class_row(relevance, self.classifier.backbone), images, self.classifier.backbone)
+        backbone = self.classifier.backbone
+        return backbone.patch_grid(class_row(relevance, backbone), images.shape[-2:])

@@ -7,17 +7,22 @@ rejects non-finite maps (VfmxaiError naming the method and the image indices), u
 and min-max normalises per image; a constant or all-zero map, which ranks no pixel above another,
 becomes all zeros. Forward/backward hooks are registered through `self.hook(...)` and released by
 `close()` / leaving the `with` block.
+
+Also here, the mechanics several methods share: the target's score (`target_logits`,
+`target_probabilities`), extra forward passes in chunks (`index_chunks`), and which modules are
+element-wise activations (`ACTIVATIONS`, rewritten by Guided BP and LRP).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from transformers import activations as hf_activations
 
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
@@ -153,3 +158,37 @@ class Explainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _activation_types() -> tuple[type[nn.Module], ...]:
+    types: list[type[nn.Module]] = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish]
+    names = (
+        "QuickGELUActivation", "GELUActivation", "NewGELUActivation", "FastGELUActivation",
+        "AccurateGELUActivation", "ClippedGELUActivation", "GELUTanh", "PytorchGELUTanh",
+        "SiLUActivation", "MishActivation", "ReLUSquaredActivation",
+    )  # fmt: skip
+    types += [getattr(hf_activations, n) for n in names if isinstance(getattr(hf_activations, n, None), type)]
+    return tuple(types)
+
+
+ACTIVATIONS = _activation_types()
+"""Element-wise rectifier-like activation modules, f(0) = 0, f(x) ~ x for x >> 0 and ~ 0 for x << 0 (torch's and
+transformers' ReLU, GELU, QuickGELU, SiLU, Mish families): where Guided BP gates and LRP's identity rule applies."""
+
+
+def target_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """Each image's target logit (B,) of logits (B, C); its sum over the batch is the score the gradient
+    methods differentiate (images do not interact, so gradients stay per image)."""
+    return logits.gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+def target_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
+    """Each image's softmax probability (B,) of its target, computed in float32."""
+    return logits.float().softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+def index_chunks(outer: int, inner: int, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """The index pairs (i, j) of an outer x inner grid in row-major order, `batch_size` pairs at a time: how a
+    method's extra forward passes (one per image and step, mask or channel) go through the model."""
+    for flat in torch.arange(outer * inner, device=device).split(batch_size):
+        yield flat // inner, flat % inner

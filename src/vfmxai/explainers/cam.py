@@ -1,7 +1,7 @@
 """Class-activation maps on a ViT's patch tokens: Grad-CAM (`gradcam`) and Score-CAM (`scorecam`).
 
-The activations are one hidden state h^(i) of the backbone (DESIGN §3: h^(0) the input to block 1,
-h^(i) the output of block i), its patch tokens read as D channel maps on the g_h x g_w patch grid;
+The activations are one hidden state h^(i) of the backbone (`Backbone`'s numbering: h^(0) the input to
+block 1, h^(i) the output of block i), its patch tokens read as D channel maps on the g_h x g_w patch grid;
 prefix tokens (class token) are left out. Option `layer` = i, with negative values counted from the
 end (-1 = h^(k)). Both need a classifier with a ViT `backbone`.
 """
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, register
+from vfmxai.explainers.base import Explainer, index_chunks, register, target_logits, target_probabilities
 from vfmxai.maps import normalize_maps
 
 
@@ -60,19 +60,6 @@ def _resolve_layer(method: str, layer: int, num_blocks: int) -> int:
     return int(layer) % (num_blocks + 1)
 
 
-def _patch_maps(method: str, classifier: Classifier, tokens: Tensor, image_hw: tuple[int, int]) -> Tensor:
-    """(B, prefix + N, D) -> (B, D, g_h, g_w) with the grid from the image size and the patch size."""
-    backbone = classifier.backbone
-    gh, gw = image_hw[0] // backbone.patch_size, image_hw[1] // backbone.patch_size
-    patches = tokens[:, backbone.num_prefix_tokens :]
-    if patches.shape[1] != gh * gw:
-        raise VfmxaiError(
-            f"method '{method}': {patches.shape[1]} patch tokens do not form the {gh}x{gw} grid of a "
-            f"{image_hw[0]}x{image_hw[1]} image"
-        )
-    return patches.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
-
-
 @register("gradcam")
 class GradCAM(Explainer):
     """Grad-CAM (Selvaraju et al. 2017) on the patch tokens of h^(layer).
@@ -103,7 +90,7 @@ class GradCAM(Explainer):
         pixels = images.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             logits, states = self._taps.run(self.classifier, pixels)
-            score = logits.gather(1, targets.view(-1, 1)).sum()
+            score = target_logits(logits, targets).sum()
             acts = [states[i] for i in self.layers]
             grads = torch.autograd.grad(score, acts, allow_unused=True)
         prefix = self.classifier.backbone.num_prefix_tokens
@@ -117,8 +104,9 @@ class GradCAM(Explainer):
         chosen = reaching.index(True) if any(reaching) else len(self.layers) - 1
         self.last_layer = self.layers[chosen]
         grad = grads[chosen] if grads[chosen] is not None else torch.zeros_like(acts[chosen])
-        a = _patch_maps(self.name, self.classifier, acts[chosen].detach(), tuple(images.shape[-2:]))
-        g = _patch_maps(self.name, self.classifier, grad, tuple(images.shape[-2:]))
+        backbone = self.classifier.backbone
+        a = backbone.patch_grid(acts[chosen].detach(), images.shape[-2:])
+        g = backbone.patch_grid(grad, images.shape[-2:])
         weights = g.mean(dim=(2, 3), keepdim=True)
         return F.relu((weights * a).sum(dim=1))
 
@@ -150,26 +138,23 @@ class ScoreCAM(Explainer):
         self.max_channels = None if max_channels is None else int(max_channels)
         self._taps = _HiddenStateTaps(self, [self.layer])
 
-    def _probs(self, images: Tensor, targets: Tensor) -> Tensor:
-        return self.classifier(images).float().softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
-
     @torch.no_grad()
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         b, _, h, w = images.shape
         _, states = self._taps.run(self.classifier, images)
-        acts = _patch_maps(self.name, self.classifier, states[self.layer], (h, w)).float()
+        acts = self.classifier.backbone.patch_grid(states[self.layer], (h, w)).float()
         d = acts.shape[1]
         k = d if self.max_channels is None else min(self.max_channels, d)
         channels = acts.flatten(2).var(dim=2).topk(k, dim=1).indices  # (B, K)
         selected = acts.gather(1, channels.view(b, k, 1, 1).expand(-1, -1, *acts.shape[2:]))  # (B, K, gh, gw)
-        base_prob = self._probs(torch.zeros_like(images), targets)
-        flat_maps = selected.flatten(0, 1)
-        pair_image = torch.arange(b, device=images.device).repeat_interleave(k)
-        scores = torch.empty(b * k, device=images.device)
-        for chunk in torch.arange(b * k, device=images.device).split(self.batch_size):
-            masks = F.interpolate(flat_maps[chunk].unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False)
+        base_prob = target_probabilities(self.classifier(torch.zeros_like(images)), targets)
+        scores = torch.empty(b, k, device=images.device)
+        for image_idx, channel_idx in index_chunks(b, k, self.batch_size, images.device):
+            masks = F.interpolate(
+                selected[image_idx, channel_idx].unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False
+            )
             masks = normalize_maps(masks.squeeze(1)).unsqueeze(1)
-            idx = pair_image[chunk]
-            scores[chunk] = self._probs(images[idx] * masks, targets[idx])
-        weights = scores.view(b, k) - base_prob.view(b, 1)
+            logits = self.classifier(images[image_idx] * masks)
+            scores[image_idx, channel_idx] = target_probabilities(logits, targets[image_idx])
+        weights = scores - base_prob.view(b, 1)
         return F.relu((weights.view(b, k, 1, 1) * selected).sum(dim=1))

@@ -34,8 +34,8 @@ from torch import Tensor
 from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.attention import forward_recorded, target_score, token_map
-from vfmxai.explainers.base import Explainer, register
+from vfmxai.explainers.attention import forward_recorded
+from vfmxai.explainers.base import Explainer, register, target_logits
 
 MODES = ("supervised", "self_supervised")
 
@@ -166,7 +166,7 @@ class DAAM(Explainer):
             images = images.detach().requires_grad_(True)
             logits, records = forward_recorded(self.classifier, images, self.name)
             contexts = [r.context for r in records]
-            grads = torch.autograd.grad(target_score(logits, targets), contexts, allow_unused=True)
+            grads = torch.autograd.grad(target_logits(logits, targets).sum(), contexts, allow_unused=True)
         maps = []
         for record, grad in zip(records, grads, strict=True):
             cls_attention = record.weights.detach()[:, :, 0, :].float()  # (B, heads, T)
@@ -175,7 +175,7 @@ class DAAM(Explainer):
             weight = torch.zeros_like(features[:, 0]) if grad is None else grad[:, 0].flatten(1).float()
             if self.mode == "supervised":
                 weight = weight.clamp_min(0)
-            maps.append(token_map((features * weight.unsqueeze(1)).sum(-1).clamp_min(0), images, backbone))
+            maps.append(backbone.patch_grid((features * weight.unsqueeze(1)).sum(-1).clamp_min(0), images.shape[-2:]))
         per_block = torch.stack(maps, dim=1)
         return per_block, per_block.cumsum(dim=1)
 

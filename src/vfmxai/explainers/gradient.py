@@ -11,16 +11,13 @@ the target only).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import activations as hf_activations
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, register
+from vfmxai.explainers.base import ACTIVATIONS, Explainer, index_chunks, register, target_logits
+from vfmxai.metrics.perturbation import gaussian_blur
 
 SIGNS = ("absolute", "positive")
 
@@ -35,23 +32,6 @@ def _check_sign(method: str, sign: str) -> str:
     if sign not in SIGNS:
         raise VfmxaiError(f"method '{method}': option sign='{sign}' is not one of {', '.join(SIGNS)}")
     return sign
-
-
-def _target_logits(logits: Tensor, targets: Tensor) -> Tensor:
-    return logits.gather(1, targets.view(-1, 1)).squeeze(1)
-
-
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur with reflect padding (kernel radius 3 sigma, clipped to the image)."""
-    radius = max(1, min(int(math.ceil(3 * sigma)), min(images.shape[-2:]) - 1))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = images.shape[1]
-    out = F.pad(images, (radius, radius, 0, 0), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 @register("ig")
@@ -116,7 +96,7 @@ class IntegratedGradients(Explainer):
         if self.baseline == "mean":
             return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
         sigma = self.blur_sigma if self.blur_sigma is not None else max(images.shape[-2:]) / 16
-        return gaussian_blur(images, sigma)
+        return gaussian_blur(images, sigma, border="reflect")
 
     def attribute_pixels(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
         """Raw attributions (B, 3, H, W); their sum per image approximates F(x) - F(baseline)."""
@@ -124,33 +104,18 @@ class IntegratedGradients(Explainer):
         targets = self._targets(images, targets)
         base = self.baseline_images(images)
         alphas, weights = (t.to(images.device, images.dtype) for t in self.nodes())
-        b = images.shape[0]
         total = torch.zeros_like(images)
-        flat = torch.arange(b * self.steps, device=images.device)
-        for chunk in flat.split(self.internal_batch_size):
-            image_idx, step_idx = chunk % b, chunk // b
+        for step_idx, image_idx in index_chunks(self.steps, images.shape[0], self.internal_batch_size, images.device):
             alpha = alphas[step_idx].view(-1, 1, 1, 1)
             path = (base[image_idx] + alpha * (images[image_idx] - base[image_idx])).requires_grad_(True)
             with torch.enable_grad():
-                score = _target_logits(self.classifier(path), targets[image_idx]).sum()
+                score = target_logits(self.classifier(path), targets[image_idx]).sum()
                 (grad,) = torch.autograd.grad(score, path)
             total.index_add_(0, image_idx, grad * weights[step_idx].view(-1, 1, 1, 1))
         return (images - base) * total
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         return reduce_channels(self.attribute_pixels(images, targets), self.sign)
-
-
-def _activation_types() -> tuple[type[nn.Module], ...]:
-    """Element-wise rectifier-like activations (f(x) ~ x for x >> 0, ~ 0 for x << 0) the guided rule applies to."""
-    types: list[type[nn.Module]] = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish]
-    names = (
-        "QuickGELUActivation", "GELUActivation", "NewGELUActivation", "FastGELUActivation",
-        "AccurateGELUActivation", "ClippedGELUActivation", "GELUTanh", "PytorchGELUTanh",
-        "SiLUActivation", "MishActivation", "ReLUSquaredActivation",
-    )  # fmt: skip
-    types += [getattr(hf_activations, n) for n in names if isinstance(getattr(hf_activations, n, None), type)]
-    return tuple(types)
 
 
 class _GuidedGate(torch.autograd.Function):
@@ -177,7 +142,7 @@ class GuidedBackprop(Explainer):
     """Guided Backpropagation (Springenberg et al. 2015) that is guided for GELU and QuickGELU too.
 
     Rule at every element-wise rectifier-like activation y = f(x) (ReLU, GELU, QuickGELU
-    x * sigmoid(1.702 x), SiLU, ...; see `_activation_types`):
+    x * sigmoid(1.702 x), SiLU, ...; see `ACTIVATIONS`):
         grad_x = f'(x) * max(grad_y, 0) * [x > 0].
     For ReLU, f'(x) = [x > 0] and this is exactly classic guided BP ([x > 0] * max(grad_y, 0): the forward
     gate of the plain gradient and the backward gate of the deconvnet). For the smooth rectifiers the
@@ -195,8 +160,7 @@ class GuidedBackprop(Explainer):
         super().__init__(classifier)
         self.sign = _check_sign("guided_bp", sign)
         self._active = False
-        types = _activation_types()
-        self.gated = [m for m in classifier.modules() if isinstance(m, types)]
+        self.gated = [m for m in classifier.modules() if isinstance(m, ACTIVATIONS)]
         for module in self.gated:
             self.hook(module, "forward", self._gate)
 
@@ -213,7 +177,7 @@ class GuidedBackprop(Explainer):
         self._active = True
         try:
             with torch.enable_grad():
-                score = _target_logits(self.classifier(pixels), targets).sum()
+                score = target_logits(self.classifier(pixels), targets).sum()
                 (grad,) = torch.autograd.grad(score, pixels)
         finally:
             self._active = False

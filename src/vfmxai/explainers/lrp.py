@@ -9,7 +9,7 @@ Rules (applied while `rules()` is active):
 - linear layers, convolutions, additions: ε-rule with ε → 0, which is exactly gradient × input;
 - LayerNorm (every `nn.LayerNorm` of the classifier): the standard deviation is a constant (detached),
   the centring is linear (AttnLRP Prop. 3.4 / identity rule on the normalisation);
-- element-wise activations (GELU family, QuickGELU, SiLU, ReLU): identity rule, y = x · (f(x)/x)
+- element-wise activations (`ACTIVATIONS`: GELU family, QuickGELU, SiLU, ReLU, ...): identity rule, y = x · (f(x)/x)
   with the gain detached, so relevance passes through unchanged (AttnLRP §3.3.1);
 - the bilinear products q·kᵀ and A·V: uniform rule, half the relevance to each factor (AttnLRP
   Prop. 3.3), done by halving the gradient that reaches each factor;
@@ -47,8 +47,8 @@ from torch import Tensor, nn
 
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.attention import swap_attention, target_score
-from vfmxai.explainers.base import Explainer, register
+from vfmxai.explainers.attention import swap_attention
+from vfmxai.explainers.base import ACTIVATIONS, Explainer, register, target_logits
 
 SOFTMAX_RULES = ("attnlrp", "cp")
 LEVELS = ("patch", "pixel")
@@ -117,14 +117,6 @@ def _identity_rule(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor
     return _keep_value(output, x * gain.detach())
 
 
-def _is_activation(module: nn.Module) -> bool:
-    """Element-wise activations with f(0) = 0 that the identity rule covers."""
-    if isinstance(module, nn.GELU | nn.SiLU | nn.ReLU | nn.Mish):
-        return True
-    name = type(module).__name__
-    return type(module).__module__ == "transformers.activations" and ("GELU" in name or "SiLU" in name)
-
-
 @register("lrp")
 class AttnLRP(Explainer):
     """LRP for transformers, AttnLRP rules, as a modified gradient (module docstring: rules, tolerance).
@@ -151,7 +143,7 @@ class AttnLRP(Explainer):
         for module in self.classifier.modules():
             if isinstance(module, nn.LayerNorm):
                 handles.append(self.hook(module, "forward", _layer_norm_rule))
-            elif _is_activation(module):
+            elif isinstance(module, ACTIVATIONS):
                 handles.append(self.hook(module, "forward", _identity_rule))
         try:
             with swap_attention(self.classifier.backbone, lrp_attention(self.softmax_rule)):
@@ -167,9 +159,8 @@ class AttnLRP(Explainer):
         with torch.enable_grad(), self.rules():
             images = images.detach().requires_grad_(True)
             logits = self.classifier(images)
-            (grad,) = torch.autograd.grad(target_score(logits, targets), images)
-        target_logits = logits.detach().gather(1, targets.view(-1, 1)).squeeze(1)
-        return (images.detach() - backbone.mean) * grad, target_logits
+            (grad,) = torch.autograd.grad(target_logits(logits, targets).sum(), images)
+        return (images.detach() - backbone.mean) * grad, target_logits(logits.detach(), targets)
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         pixels = self.relevance(images, targets)[0].sum(dim=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, register
+from vfmxai.explainers.base import Explainer, index_chunks, register, target_probabilities
 
 
 def rise_masks(
@@ -82,12 +82,11 @@ class RISE(Explainer):
             t.to(images.device) for t in rise_masks(self.n_masks, self.grid, self.p_keep, (h, w), generator)
         )
         saliency = torch.zeros(b, h, w, device=images.device)
-        for pairs in torch.arange(self.n_masks * b, device=images.device).split(self.batch_size):
-            mask_idx, image_idx = pairs // b, pairs % b
+        for mask_idx, image_idx in index_chunks(self.n_masks, b, self.batch_size, images.device):
             first = int(mask_idx[0])
             masks = upsample_masks(*(t[first : int(mask_idx[-1]) + 1] for t in (cells, shift_y, shift_x)), (h, w))
             masks = masks[mask_idx - first]
             logits = self.classifier(images[image_idx] * masks.unsqueeze(1).to(images.dtype))
-            probs = logits.float().softmax(dim=1).gather(1, targets[image_idx].view(-1, 1))
+            probs = target_probabilities(logits, targets[image_idx])
             saliency.index_add_(0, image_idx, probs.view(-1, 1, 1) * masks)
         return saliency / (self.n_masks * self.p_keep)

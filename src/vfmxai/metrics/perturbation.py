@@ -78,14 +78,22 @@ def pixel_ranks(maps: Tensor, tie_seed: int = 0) -> Tensor:
     return ranks
 
 
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur (B, C, H, W), kernel radius ceil(3 sigma), replicated borders."""
+def gaussian_blur(images: Tensor, sigma: float, border: str = "replicate") -> Tensor:
+    """Separable Gaussian blur (B, C, H, W), kernel radius ceil(3 sigma) (at least 1).
+
+    `border`: "replicate" repeats the edge pixels (scipy's "nearest"; the blur substrate); "reflect" mirrors
+    the image without repeating the edge (scipy's "mirror"; IG's blur baseline), and since a mirror reaches
+    at most one image width, its radius is clipped to min(H, W) - 1."""
+    if border not in ("replicate", "reflect"):
+        raise VfmxaiError(f"gaussian_blur: border must be replicate or reflect, got '{border}'")
     radius = max(1, math.ceil(3 * sigma))
+    if border == "reflect":
+        radius = max(1, min(radius, min(images.shape[-2:]) - 1))
     x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     c = images.shape[1]
-    out = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    out = F.pad(images, (radius, radius, radius, radius), mode=border)
     out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
