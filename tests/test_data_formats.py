@@ -9,8 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-from vfmxai.data import CUBDataset, FolderDataset, ImageNetSDataset, check_dataset, dataset_info, get_dataset
-from vfmxai.data.imagenet_s import read_imagenet_s_mask
+from vfmxai.data import (
+    DATASETS,
+    FORMATS,
+    CUBDataset,
+    FolderDataset,
+    ImageNetSDataset,
+    SyntheticDataset,
+    check_dataset,
+    dataset_info,
+    get_dataset,
+)
+from vfmxai.data.cub import check_cub, cub_info
+from vfmxai.data.folder import check_folder, folder_info
+from vfmxai.data.imagenet_s import check_imagenet_s, imagenet_s_info, read_imagenet_s_mask
 from vfmxai.errors import VfmxaiError
 
 
@@ -335,3 +347,51 @@ def test_registry_names_and_roots(tmp_path):
     assert len(ds) == 1 and ds[0]["image"].shape == (3, 24, 24)
     info = dataset_info("synthetic", n_test=7)
     assert info["splits"]["test"] == 7 and info["num_classes"] == 6
+
+
+def test_table_has_one_format_per_dataset_name_and_refuses_others(tmp_path):
+    assert tuple(FORMATS) == DATASETS  # same names, same order as the error message lists them
+    calls = (lambda: get_dataset("CUB", tmp_path, "train", 32), lambda: dataset_info("CUB", tmp_path),
+             lambda: check_dataset("CUB", tmp_path))
+    for call in calls:
+        with pytest.raises(VfmxaiError, match="dataset 'CUB' unknown"):
+            call()
+
+
+def _ids(dataset) -> list[str]:
+    return [r.id for r in dataset.records]
+
+
+def test_each_name_reaches_its_own_format(tmp_path):
+    (tmp_path / "i").mkdir()
+    trees = {"folder": _folder(tmp_path / "f", ROWS), "cub": _cub(tmp_path / "c"),
+             "imagenet-s": _imagenet_s(tmp_path / "i")}
+    own = {
+        "folder": (lambda r, s, n: FolderDataset(r, s, n), lambda r: folder_info(r), check_folder),
+        "cub": (lambda r, s, n: CUBDataset(r, s, n, seed=2), lambda r: cub_info(r, seed=2), check_cub),
+        "imagenet-s": (lambda r, s, n: ImageNetSDataset(r, s, n), lambda r: imagenet_s_info(r), check_imagenet_s),
+    }
+    for name, root in trees.items():
+        read, info, check = own[name]
+        for split in ("train", "val", "test"):
+            ds = get_dataset(name, root, split, 20, seed=2)
+            assert type(ds) is type(read(root, split, 20)) and _ids(ds) == _ids(read(root, split, 20))
+        assert dataset_info(name, root, seed=2) == info(root)
+        assert check_dataset(name, root) == check(root)
+    (trees["folder"] / "masks" / "v0.png").unlink()  # one problem, so the check has something to report
+    problems = check_dataset("folder", trees["folder"])
+    assert problems == check_folder(trees["folder"]) and len(problems) == 1
+    cub = trees["cub"]
+    assert _ids(get_dataset("cub", cub, "val", 20, seed=0)) != _ids(get_dataset("cub", cub, "val", 20, seed=2))
+
+
+def test_synthetic_needs_no_root_and_checks_its_options(tmp_path):
+    ds = get_dataset("synthetic", tmp_path / "nowhere", "val", 16, seed=1, n_val=3, size=32)
+    assert isinstance(ds, SyntheticDataset) and len(ds) == 3 and ds[0]["image"].shape == (3, 16, 16)
+    assert check_dataset("synthetic", tmp_path / "nowhere") == []
+    info = dataset_info("synthetic", seed=4, task="demo")
+    assert info["splits"] == {"train": 600, "val": 120, "test": 120} and info["seed"] == 4
+    with pytest.raises(VfmxaiError, match="unknown option.s. n_dev; known: n_train"):
+        dataset_info("synthetic", n_dev=3)
+    with pytest.raises(VfmxaiError, match="unknown option.s. n_dev"):
+        get_dataset("synthetic", None, "train", 16, n_dev=3)

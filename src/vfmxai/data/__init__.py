@@ -7,6 +7,8 @@ every problem of a dataset on disk in one pass.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,64 @@ def loader_workers(requested: int | None, on_gpu: bool, option: str = "--num-wor
     return requested
 
 
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise VfmxaiError(f"dataset {name!r} unknown; choose one of {', '.join(DATASETS)}")
+@dataclass(frozen=True)
+class DatasetFormat:
+    """What every dataset name offers, each with one signature whatever the format needs.
+
+    `root` is the checked folder (None where `on_disk` is False); `options` are the synthetic generator's,
+    checked and completed with `SYNTHETIC_DEFAULTS` (the formats on disk have none and ignore them).
+    """
+
+    dataset: Callable[[Path | None, str, int, int, dict[str, Any]], Dataset]
+    """(root, split, image_size, seed, options) -> one split, samples at `image_size` px."""
+    info: Callable[[Path | None, int, dict[str, Any]], dict[str, Any]]
+    """(root, seed, options) -> split sizes and classes."""
+    check: Callable[[Path | None], list[str]]
+    """root -> every problem found, one line each."""
+    on_disk: bool = True
+    """Whether the format reads a root folder (synthetic data is drawn in memory)."""
 
 
-def _root(name: str, root: str | Path | None) -> Path:
+def _synthetic_dataset(root: Path | None, split: str, image_size: int, seed: int, o: dict[str, Any]) -> Dataset:
+    return SyntheticDataset(split, o[f"n_{split}"], o["size"], seed, o["task"], image_size=image_size)
+
+
+def _synthetic_info(root: Path | None, seed: int, o: dict[str, Any]) -> dict[str, Any]:
+    names = class_names(o["task"])
+    return {"dataset": "synthetic", "root": None, "task": o["task"], "size": o["size"], "seed": seed,
+            "splits": {s: o[f"n_{s}"] for s in SPLITS}, "num_classes": len(names), "class_names": names}
+
+
+FORMATS: dict[str, DatasetFormat] = {
+    "synthetic": DatasetFormat(_synthetic_dataset, _synthetic_info, lambda root: [], on_disk=False),
+    "folder": DatasetFormat(
+        lambda root, split, image_size, seed, o: FolderDataset(root, split, image_size),
+        lambda root, seed, o: folder_info(root),
+        check_folder,
+    ),
+    "cub": DatasetFormat(
+        lambda root, split, image_size, seed, o: CUBDataset(root, split, image_size, seed=seed),
+        lambda root, seed, o: cub_info(root, seed=seed),
+        check_cub,
+    ),
+    "imagenet-s": DatasetFormat(
+        lambda root, split, image_size, seed, o: ImageNetSDataset(root, split, image_size),
+        lambda root, seed, o: imagenet_s_info(root),
+        check_imagenet_s,
+    ),
+}
+"""Every dataset name (the keys are `DATASETS`) and how it is read."""
+
+
+def _format(name: str) -> DatasetFormat:
+    if name not in FORMATS:
+        raise VfmxaiError(f"dataset {name!r} unknown; choose one of {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def _root(name: str, dataset_format: DatasetFormat, root: str | Path | None) -> Path | None:
+    if not dataset_format.on_disk:
+        return None
     if root is None:
         raise VfmxaiError(f"dataset {name!r} needs a root folder (--root)")
     path = Path(root)
@@ -51,7 +105,9 @@ def _root(name: str, root: str | Path | None) -> Path:
     return path
 
 
-def _synthetic_opts(opts: dict[str, Any]) -> dict[str, Any]:
+def _options(dataset_format: DatasetFormat, opts: dict[str, Any]) -> dict[str, Any]:
+    if dataset_format.on_disk:
+        return {}
     unknown = sorted(set(opts) - set(SYNTHETIC_DEFAULTS))
     if unknown:
         known = ", ".join(SYNTHETIC_DEFAULTS)
@@ -73,34 +129,18 @@ def get_dataset(
     `synthetic_opts` (n_train, n_val, n_test, size, task) apply to `synthetic` and are ignored by the
     others, so a caller can pass its configuration unchanged. `root` is not used by `synthetic`.
     """
-    _check_name(name)
+    dataset_format = _format(name)
     if split not in SPLITS:
         raise VfmxaiError(f"split {split!r} unknown; choose one of {', '.join(SPLITS)}")
-    if name == "synthetic":
-        o = _synthetic_opts(synthetic_opts)
-        return SyntheticDataset(split, o[f"n_{split}"], o["size"], seed, o["task"], image_size=image_size)
-    path = _root(name, root)
-    if name == "folder":
-        return FolderDataset(path, split, image_size)
-    if name == "cub":
-        return CUBDataset(path, split, image_size, seed=seed)
-    return ImageNetSDataset(path, split, image_size)
+    options = _options(dataset_format, synthetic_opts)
+    return dataset_format.dataset(_root(name, dataset_format, root), split, image_size, seed, options)
 
 
 def dataset_info(name: str, root: str | Path | None = None, seed: int = 0, **synthetic_opts: Any) -> dict[str, Any]:
     """{"dataset", "root", "splits": {train, val, test: count}, "num_classes", "class_names"}."""
-    _check_name(name)
-    if name == "synthetic":
-        o = _synthetic_opts(synthetic_opts)
-        names = class_names(o["task"])
-        return {"dataset": name, "root": None, "task": o["task"], "size": o["size"], "seed": seed,
-                "splits": {s: o[f"n_{s}"] for s in SPLITS}, "num_classes": len(names), "class_names": names}
-    path = _root(name, root)
-    if name == "folder":
-        return folder_info(path)
-    if name == "cub":
-        return cub_info(path, seed=seed)
-    return imagenet_s_info(path)
+    dataset_format = _format(name)
+    options = _options(dataset_format, synthetic_opts)
+    return dataset_format.info(_root(name, dataset_format, root), seed, options)
 
 
 def check_dataset(name: str, root: str | Path | None = None) -> list[str]:
@@ -109,21 +149,16 @@ def check_dataset(name: str, root: str | Path | None = None) -> list[str]:
     Decodes every image and mask (ImageNet-S: every masked image; its 1.2 M train images are only listed).
     The synthetic dataset has nothing on disk to check: [].
     """
-    _check_name(name)
-    if name == "synthetic":
-        return []
-    path = _root(name, root)
-    if name == "folder":
-        return check_folder(path)
-    if name == "cub":
-        return check_cub(path)
-    return check_imagenet_s(path)
+    dataset_format = _format(name)
+    return dataset_format.check(_root(name, dataset_format, root))
 
 
 __all__ = [
     "DATASETS",
+    "FORMATS",
     "SPLITS",
     "CUBDataset",
+    "DatasetFormat",
     "FolderDataset",
     "ImageNetSDataset",
     "Sample",
