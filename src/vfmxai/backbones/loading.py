@@ -2,7 +2,7 @@
 
 Names `load_backbone` accepts:
 - `tiny`: a 4-block CLIP-architecture ViT (width 32, patch 8), random init from a fixed seed; for tests.
-- `default`: the small CLIP-architecture ViT shipped in the package (see `backbones/default/README.md`).
+- `default`: the small CLIP-architecture ViT shipped in the package (made as `backbones/default/pretraining.json` says).
 - `clip-vit-b16`: the CLIP ViT-B/16 image-encoder architecture, random init; for shape tests and `bench`.
 - a local directory with a transformers `config.json` and weights (CLIP, SigLIP, DINOv2 or ViT);
 - a Hugging Face id, resolved in the local cache only (`HF_HUB_OFFLINE` is always honoured: nothing
@@ -92,7 +92,7 @@ def load_backbone(name: str = "default", image_size: int | None = None, seed: in
         if not (DEFAULT_DIR / "model.safetensors").is_file():
             raise VfmxaiError(
                 f"the shipped default backbone is missing from {DEFAULT_DIR}; "
-                "rebuild it with `python scripts/pretrain_default_backbone.py`"
+                "rebuild it in a checkout of the repository with `python scripts/pretrain_default_backbone.py`"
             )
         return _from_directory(DEFAULT_DIR, image_size, "default")
     path = Path(name).expanduser()

@@ -1,6 +1,6 @@
-"""The command that made the shipped default backbone (`backbones/default/`).
+"""The command that made the shipped default backbone (`src/vfmxai/backbones/default/`).
 
-    python -m vfmxai.backbones.pretrain --out src/vfmxai/backbones/default --seed 0
+    python scripts/pretrain_default_backbone.py --seed 0     (writes src/vfmxai/backbones/default/)
 
 A CLIP-architecture ViT (width 192, 6 blocks, 3 heads, patch 8, QuickGELU, 64×64 input) is trained
 from scratch, every weight, on the synthetic *pretrain* task (cross/frame/triangle/star × dots/grid, a
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from vfmxai.backbones.base import Backbone
-from vfmxai.backbones.loading import CLIP_MEAN, CLIP_STD
+from vfmxai.backbones.loading import CLIP_MEAN, CLIP_STD, DEFAULT_DIR
 from vfmxai.data.synthetic import SyntheticDataset, class_names
 from vfmxai.data.transforms import augment
 from vfmxai.io import atomic_write_text
@@ -114,7 +114,7 @@ def pretrain(
     out.mkdir(parents=True, exist_ok=True)
     backbone.model.save_pretrained(out, safe_serialization=True)
     record = {
-        "command": f"python -m vfmxai.backbones.pretrain --out {out} --seed {seed}",
+        "command": f"python scripts/pretrain_default_backbone.py --out {out} --seed {seed}",
         "task": "synthetic pretrain task (classes disjoint from the demo's): " + ", ".join(class_names("pretrain")),
         "objective": "CE(image class | mean patch token) + CE(per-patch class or background | patch token)",
         "chance_accuracy": 1 / (int(train_labels.max()) + 1),
@@ -134,7 +134,7 @@ def pretrain(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "default")
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--n-train", type=int, default=4000)
