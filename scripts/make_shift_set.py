@@ -114,7 +114,7 @@ def render(seed: int, split: str, index: int, size: int = 96) -> tuple[np.ndarra
 
 
 def write(out: Path, counts: dict[str, int], size: int, seed: int) -> None:
-    """The folder format of DESIGN §5: images/, masks/ (0/255), labels.csv, classes.txt."""
+    """The folder format of `vfmxai.data.folder`: images/, masks/ (0/255), labels.csv, classes.txt."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SystemExit(f"{out}: exists and is not an empty folder; choose a new --out")
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 
 def resize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, h, w) -> (B, H, W), bilinear (DESIGN §4)."""
+    """(B, h, w) -> (B, H, W), bilinear: the same resize for every method before it is scored."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False).squeeze(1)

@@ -1,4 +1,4 @@
-"""Any folder of images with masks, in the format of DESIGN §5:
+"""Any folder of images with masks, in this format (the README's "Real data" shows it too):
 
     ROOT/images/<id>.<png|jpg|jpeg>   (suffix in any letter case)
     ROOT/masks/<id>.png               nonzero = object; optional for train, required for val and test

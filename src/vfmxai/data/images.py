@@ -19,7 +19,7 @@ from torch import Tensor
 from vfmxai.errors import VfmxaiError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-"""Image files of the dataset formats (DESIGN §5)."""
+"""Image files the folder and ImageNet-S formats list."""
 DECODABLE_SUFFIXES = (*IMAGE_SUFFIXES, ".bmp", ".webp", ".tif", ".tiff")
 """Every file `vfmxai explain` picks up from a folder: the formats `load_image` decodes."""
 

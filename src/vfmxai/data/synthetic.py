@@ -1,4 +1,4 @@
-"""The built-in synthetic dataset (DESIGN §5): one patterned object per image, its class set by its look only.
+"""The built-in synthetic dataset: one patterned object per image, its class set by its look only.
 
 Each image holds one class object, a shape filled with a two-colour pattern, drawn over a cluttered
 background (a smooth two-colour gradient, low-frequency colour waves, pixel noise) and 2–5 distractors
@@ -343,7 +343,7 @@ def write_synthetic(
     seed: int = 0,
     task: str = "demo",
 ) -> Path:
-    """Write a synthetic set in the folder format (DESIGN §5) and return `out`.
+    """Write a synthetic set in the folder format (`vfmxai.data.folder`) and return `out`.
 
     Writes images/<id>.png, masks/<id>.png (0/255), labels.csv (id,label,split), classes.txt and
     synthetic.json (the generator's arguments). Every file is written atomically.

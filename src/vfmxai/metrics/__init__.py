@@ -1,4 +1,4 @@
-"""Metrics: pure functions on tensors, batched, on the inputs' device (DESIGN §4)."""
+"""Metrics: pure functions on tensors, batched, on the inputs' device (choices: docs/design-notes.md, Metrics)."""
 
 from vfmxai.metrics.classification import accuracy
 from vfmxai.metrics.localization import (

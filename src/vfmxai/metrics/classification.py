@@ -1,4 +1,4 @@
-"""Classification accuracy of the model being explained (DESIGN §4)."""
+"""Classification accuracy of the model being explained."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Localisation metrics: a map against a binary object mask (DESIGN §4).
+"""Localisation metrics: a map against a binary object mask (mIoU and the pointing games of the ALA paper).
 
 Common preprocessing, the same for every method: the map (B, h, w) is resized bilinearly to the mask's
 size (B, H, W) and min-max normalised per image with `vfmxai.maps` (a constant map becomes all zeros).
 `normalize=False` skips the min-max step for maps already on the [0, 1] scale the threshold refers to.
 
-Choices the design leaves open:
+Choices the paper leaves open (also in docs/design-notes.md, Metrics):
 - Binarisation is `map >= tau`. With min-max normalisation the map's maximum is exactly 1, so `>=` keeps
   the peak even at tau = 1, and an all-ones map taken as is (`normalize=False`) marks every pixel as
   object; it also matches the mask convention "object = value >= 128".

@@ -1,4 +1,4 @@
-"""Insertion and deletion (DESIGN §4, the ALA paper's definition after RISE).
+"""Insertion and deletion (the ALA paper's definition, after RISE: Petsiuk et al., BMVC 2018).
 
 For each image x with map alpha, pixels are ranked by alpha descending; ties are broken by one seeded
 random permutation of the pixel positions (`tie_seed`, the same permutation for every image of a size, so

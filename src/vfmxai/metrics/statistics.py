@@ -1,4 +1,4 @@
-"""Aggregates over images or seeds, and the paired test between two methods (DESIGN §4).
+"""Aggregates over images or seeds, and the paired test between two methods.
 
 The tables report mean and sample standard deviation (ddof = 1; a single value has std 0, since there
 is no spread to estimate), and p-values from the two-sided Wilcoxon signed-rank test over paired scores
