@@ -291,13 +291,6 @@ def test_model_mean_substrate_and_raw_threshold(run, registry, tmp_path: Path) -
         _evaluate(model, dataset, tmp_path / "c", methods=["ala"], threshold_on="minmax")
 
 
-def test_cli_choices_are_the_runners() -> None:
-    from vfmxai import cli
-    from vfmxai.evaluation.runner import EVAL_SUBSTRATES, THRESHOLD_ON
-
-    assert cli.SUBSTRATE_CHOICES == EVAL_SUBSTRATES and cli.THRESHOLD_ON_CHOICES == THRESHOLD_ON
-
-
 TINY = [
     "backbone.name=tiny", "backbone.image_size=32", "backbone.lora_rank=4", "model.patch_size=8", "model.dim=16",
     "model.depth=2", "model.heads=2", "model.n_inject=2", "model.map_channels=8", "model.pb_channels=16",

@@ -65,19 +65,9 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json, atomic_write_text
 from vfmxai.metrics import insertion_deletion
 from vfmxai.runtime import autocast, resolve_precision
+from vfmxai.vocabulary import METHODS
 
-DEFAULT_METHODS = (
-    "ala",
-    "gradcam",
-    "scorecam",
-    "ig",
-    "guided_bp",
-    "lrp",
-    "rise",
-    "rollout",
-    "transformer_attribution",
-    "daam",
-)
+DEFAULT_METHODS = METHODS
 TRAIN_TASKS = ("lora_ala", "full_finetune")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 

@@ -11,12 +11,16 @@ import sys
 from pathlib import Path
 
 from vfmxai.errors import VfmxaiError
+from vfmxai.vocabulary import (
+    DATASETS,
+    EVAL_SUBSTRATES,
+    SYNTHETIC_SIZE,
+    SYNTHETIC_SPLITS,
+    SYNTHETIC_TASKS,
+    TARGET_MODES,
+    THRESHOLD_ON,
+)
 
-SUBSTRATE_CHOICES = ("black", "blur", "mean", "model-mean")
-THRESHOLD_ON_CHOICES = ("normalised", "raw")
-"""The runner's `EVAL_SUBSTRATES` and `THRESHOLD_ON`, spelled out so that building the parser imports no torch."""
-
-DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
 PRECISION_HELP = "auto (bf16 autocast on a GPU, fp32 on a CPU), bf16 or fp32"
 
 
@@ -37,11 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     synth = data_sub.add_parser("synth", help="write the synthetic set in the folder format")
     synth.add_argument("--out", required=True, type=Path)
     synth.add_argument("--seed", default=0, type=int)
-    synth.add_argument("--size", default=64, type=int)
-    synth.add_argument("--n-train", default=600, type=int)
-    synth.add_argument("--n-val", default=120, type=int)
-    synth.add_argument("--n-test", default=120, type=int)
-    synth.add_argument("--task", default="demo", choices=("demo", "pretrain"))
+    synth.add_argument("--size", default=SYNTHETIC_SIZE, type=int)
+    for split, size in SYNTHETIC_SPLITS.items():
+        synth.add_argument(f"--{split.replace('_', '-')}", default=size, type=int)
+    synth.add_argument("--task", default="demo", choices=SYNTHETIC_TASKS)
     for name in ("info", "check"):
         cmd = data_sub.add_parser(name, help="split sizes and classes as JSON" if name == "info" else "every problem")
         cmd.add_argument("--dataset", required=True, choices=DATASETS)
@@ -115,14 +118,14 @@ def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", default=16, type=int)
     parser.add_argument("--steps", default=100, type=int, help="insertion/deletion steps")
     parser.add_argument(
-        "--substrate", default="black", choices=SUBSTRATE_CHOICES,
+        "--substrate", default="black", choices=EVAL_SUBSTRATES,
         help="black (the paper), blur, mean (each image's mean colour), model-mean (zero in the backbone's "
         "normalised input space)",
     )
-    parser.add_argument("--target", default="given", choices=("given", "predicted"), help="class scored")
+    parser.add_argument("--target", default="given", choices=TARGET_MODES, help="class scored")
     parser.add_argument("--threshold", default=0.5, type=float, help="IoU threshold τ")
     parser.add_argument(
-        "--threshold-on", default="normalised", choices=THRESHOLD_ON_CHOICES,
+        "--threshold-on", default="normalised", choices=THRESHOLD_ON,
         help="normalised: τ on the min-max normalised map (every method); raw: on the map as returned (ALA's alpha)",
     )
     parser.add_argument(

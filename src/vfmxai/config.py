@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vfmxai.errors import VfmxaiError
+from vfmxai.vocabulary import SYNTHETIC_SIZE, SYNTHETIC_SPLITS
 
 
 @dataclass
@@ -134,10 +135,10 @@ class DataConfig:
     root: str | None = None
     seed: int = 0
     """Seed of the synthetic generator and of dataset splits made by the project (CUB train/val)."""
-    n_train: int = 600
-    n_val: int = 120
-    n_test: int = 120
-    synth_size: int = 64
+    n_train: int = SYNTHETIC_SPLITS["n_train"]
+    n_val: int = SYNTHETIC_SPLITS["n_val"]
+    n_test: int = SYNTHETIC_SPLITS["n_test"]
+    synth_size: int = SYNTHETIC_SIZE
     """Side of the synthetic images in pixels."""
 
 

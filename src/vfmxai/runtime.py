@@ -27,9 +27,7 @@ from collections.abc import Iterator
 import torch
 
 from vfmxai.errors import VfmxaiError
-
-PRECISIONS = ("auto", "bf16", "fp32")
-"""`auto`: bf16 autocast on a GPU, fp32 on a CPU (where bf16 matrix work is slower than fp32 on most chips)."""
+from vfmxai.vocabulary import PRECISIONS
 
 
 def flush_denormals() -> bool:

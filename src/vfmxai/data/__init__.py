@@ -22,10 +22,9 @@ from vfmxai.data.images import load_image, load_mask
 from vfmxai.data.synthetic import SyntheticDataset, class_names, write_synthetic
 from vfmxai.data.transforms import augment, resize_image, resize_mask
 from vfmxai.errors import VfmxaiError
+from vfmxai.vocabulary import DATASETS, SYNTHETIC_SIZE, SYNTHETIC_SPLITS
 
-DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
-
-SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 600, "n_val": 120, "n_test": 120, "size": 64, "task": "demo"}
+SYNTHETIC_DEFAULTS: dict[str, Any] = {**SYNTHETIC_SPLITS, "size": SYNTHETIC_SIZE, "task": "demo"}
 """Options of the synthetic dataset (`synthetic_opts`), with their defaults."""
 
 

@@ -36,6 +36,7 @@ from torch import Tensor
 from vfmxai.data.base import SPLITS, Sample, make_sample
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_json, atomic_write_text
+from vfmxai.vocabulary import SYNTHETIC_SIZE, SYNTHETIC_SPLITS
 
 AREA_RANGE = (0.10, 0.30)
 """Object area as a fraction of the image, uniform; the same for every class."""
@@ -336,10 +337,10 @@ def sample_id(split: str, index: int) -> str:
 
 def write_synthetic(
     out: str | Path,
-    n_train: int = 600,
-    n_val: int = 120,
-    n_test: int = 120,
-    size: int = 64,
+    n_train: int = SYNTHETIC_SPLITS["n_train"],
+    n_val: int = SYNTHETIC_SPLITS["n_val"],
+    n_test: int = SYNTHETIC_SPLITS["n_test"],
+    size: int = SYNTHETIC_SIZE,
     seed: int = 0,
     task: str = "demo",
 ) -> Path:

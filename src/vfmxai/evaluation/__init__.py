@@ -7,10 +7,11 @@
 """
 
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results, write_aggregate
-from vfmxai.evaluation.report import METHODS, METRICS, render_table
+from vfmxai.evaluation.report import METRICS, render_table
 from vfmxai.evaluation.reproduce import ABLATIONS, reproduce, run_config
 from vfmxai.evaluation.runner import evaluate, evaluate_run, resolve_methods
 from vfmxai.evaluation.store import PerImage, load_per_image
+from vfmxai.vocabulary import METHODS
 
 __all__ = [
     "ABLATIONS",

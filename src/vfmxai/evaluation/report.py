@@ -18,8 +18,6 @@ import torch
 
 from vfmxai.metrics import best_tau_iou, dataset_iou
 
-METHODS = ("ala", "gradcam", "scorecam", "ig", "guided_bp", "lrp", "rise", "rollout", "transformer_attribution", "daam")
-"""The method keys of DESIGN §6, in the order `methods="all"` evaluates them."""
 METRICS = ("miou", "miou_dataset", "miou_best_tau", "insertion", "deletion", "id", "pointing_game", "energy_pg")
 """The keys of each method's entry in metrics.json (DESIGN §6)."""
 TABLE_COLUMNS = ("miou", "insertion", "deletion", "id", "miou_dataset", "miou_best_tau", "pointing_game", "energy_pg")

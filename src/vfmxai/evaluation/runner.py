@@ -46,7 +46,6 @@ from vfmxai.classifier import Classifier
 from vfmxai.data import collate, loader_workers
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.report import (
-    METHODS,
     TABLE_COLUMNS,
     display_name,
     per_image_scores,
@@ -76,19 +75,11 @@ from vfmxai.metrics import (
     mean_iou,
     pointing_game,
 )
-from vfmxai.metrics.perturbation import SUBSTRATES, TARGET_MODES
 from vfmxai.runtime import autocast, resolve_precision
 from vfmxai.viz.curves import save_insdel_curves
 from vfmxai.viz.grid import save_grid
+from vfmxai.vocabulary import EVAL_SUBSTRATES, METHODS, TARGET_MODES, THRESHOLD_ON
 
-EVAL_SUBSTRATES = (*SUBSTRATES, "model-mean")
-"""`model-mean`: the backbone's normalisation mean colour, i.e. zero in its normalised input space (ImageNet's
-mean for DINOv2, CLIP's for CLIP), beside the pixel-space substrates of `vfmxai.metrics.make_substrate`."""
-THRESHOLD_ON = ("normalised", "raw")
-"""`normalised` (DESIGN §4, every method): τ applies to the min-max normalised map. `raw`: τ applies to the map
-as the method returns it (upsampled), for mIoU and dataset mIoU; meant for maps on a fixed [0, 1] scale (ALA's
-sigmoid alpha); a map with values outside [0, 1] is refused. Every other score, the best-τ oracle included, reads
-the normalised map either way."""
 TIE_SEED = 0
 """Seed of the pixel permutation that orders equal map values in insertion/deletion (recorded in the
 settings, so results stored under another tie rule are never reused)."""

@@ -28,9 +28,7 @@ from torch import Tensor, nn
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.maps import resize_maps
-
-SUBSTRATES = ("black", "blur", "mean")
-TARGET_MODES = ("given", "predicted")
+from vfmxai.vocabulary import SUBSTRATES, TARGET_MODES
 
 
 @dataclass(frozen=True)

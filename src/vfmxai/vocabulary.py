@@ -1,0 +1,25 @@
+"""The words vfmxai accepts, each defined once: dataset names, method keys, metric choices, precisions and
+the synthetic set's default sizes. Imports nothing, so the command line can build its parser without torch."""
+
+DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
+METHODS = ("ala", "gradcam", "scorecam", "ig", "guided_bp", "lrp", "rise", "rollout", "transformer_attribution", "daam")
+"""The method keys of the ALA paper's comparison (Table 2), in the order `methods="all"` evaluates them."""
+SUBSTRATES = ("black", "blur", "mean")
+"""What removed pixels become in insertion/deletion (`vfmxai.metrics.make_substrate`)."""
+EVAL_SUBSTRATES = (*SUBSTRATES, "model-mean")
+"""`model-mean`: the backbone's normalisation mean colour, i.e. zero in its normalised input space (ImageNet's
+mean for DINOv2, CLIP's for CLIP), beside the pixel-space substrates."""
+TARGET_MODES = ("given", "predicted")
+"""The class explained and scored: the ground truth (the paper) or the model's prediction."""
+THRESHOLD_ON = ("normalised", "raw")
+"""`normalised` (every method): τ applies to the min-max normalised map. `raw`: τ applies to the map as the
+method returns it (upsampled), for mIoU and dataset mIoU; meant for maps on a fixed [0, 1] scale (ALA's
+sigmoid alpha); a map with values outside [0, 1] is refused. Every other score, the best-τ oracle included,
+reads the normalised map either way."""
+PRECISIONS = ("auto", "bf16", "fp32")
+"""`auto`: bf16 autocast on a GPU, fp32 on a CPU (where bf16 matrix work is slower than fp32 on most chips)."""
+SYNTHETIC_SPLITS = {"n_train": 600, "n_val": 120, "n_test": 120}
+"""Default split sizes of the synthetic set."""
+SYNTHETIC_SIZE = 64
+"""Default side of the synthetic images in pixels."""
+SYNTHETIC_TASKS = ("demo", "pretrain")
