@@ -35,7 +35,7 @@ def peak_mb():
     status = open("/proc/self/status").read()
     return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
-from vfmxai.training import load_run
+from vfmxai.run_folder import load_run
 model, config, _ = load_run(run)
 if mode == "explain":
     from vfmxai.explain import explain_files

@@ -3,9 +3,9 @@ import torch
 from run_fixtures import tiny_run_config
 
 from vfmxai.ala import ALAModel, build_model, inject_indices
+from vfmxai.checkpoint import load_weights, save_weights
 from vfmxai.config import ALAConfig, preset
 from vfmxai.errors import VfmxaiError
-from vfmxai.training import load_weights, save_weights
 
 
 def test_inject_layers_both_readings_and_ablation():

@@ -64,7 +64,7 @@ def test_train_writes_the_map_check_and_the_cli_warns_in_one_line_when_the_map_i
 
     from vfmxai.ala import ALAModel
     from vfmxai.cli import main
-    from vfmxai.training.checkpoint import MAP_CHECK
+    from vfmxai.run_folder import MAP_CHECK
 
     tiny = ["--backbone", "tiny", "--set", "backbone.image_size=32", "--set", "data.synth_size=32",
             "--set", "data.n_train=8", "--set", "data.n_val=6", "--set", "train.epochs=1", "--no-progress"]

@@ -14,8 +14,8 @@ from run_fixtures import tiny_run_config
 from safetensors.torch import load_file
 
 from vfmxai.config import RunConfig
-from vfmxai.training import load_run, train
-from vfmxai.training.checkpoint import LAST, WEIGHTS
+from vfmxai.run_folder import LAST, WEIGHTS, load_run
+from vfmxai.training import train
 
 CLI = Path(sys.executable).with_name("vfmxai")
 

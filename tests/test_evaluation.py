@@ -7,6 +7,7 @@ so the expected numbers can be computed here directly with `vfmxai.metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,10 +21,20 @@ from torch.utils.data import Subset
 
 import vfmxai.training
 from vfmxai.ala import build_model
+from vfmxai.checkpoint import save_weights
 from vfmxai.classifier import LinearProbe
 from vfmxai.data import loader_workers
 from vfmxai.errors import VfmxaiError
-from vfmxai.evaluation import METHODS, METRICS, evaluate, evaluate_run, load_per_image, reproduce
+from vfmxai.evaluation import (
+    METHODS,
+    METRICS,
+    EvaluationSettings,
+    Source,
+    evaluate,
+    evaluate_run,
+    load_per_image,
+    reproduce,
+)
 from vfmxai.explainers import base
 from vfmxai.explainers.ala import ALAExplainer
 from vfmxai.metrics import (
@@ -36,9 +47,8 @@ from vfmxai.metrics import (
     mean_iou,
     pointing_game,
 )
+from vfmxai.run_folder import WEIGHTS, Recipe, dataset_split, write_run_files
 from vfmxai.training import train
-from vfmxai.training.checkpoint import WEIGHTS, save_weights, write_run_files
-from vfmxai.training.train import dataset_split
 from vfmxai.viz import grid_size
 
 STEPS = 4
@@ -83,12 +93,19 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     config = tiny_run_config(epochs=1)
     run_dir = tmp_path_factory.mktemp("run") / "run"
     model = train(config, run_dir, progress=False)
-    return model, config, dataset_split(config, "test", config.backbone.image_size), run_dir
+    return model, config, dataset_split(config, "test"), run_dir
 
 
-def _evaluate(model, dataset, out: Path, **kw):
-    options = {"steps": STEPS, "batch_size": 3, "progress": False, "dataset_name": "synthetic", "split": "test"}
-    return evaluate(model, dataset, kw.pop("methods", ["ala", "brightness"]), out, **{**options, **kw})
+SETTING_FIELDS = {f.name for f in dataclasses.fields(EvaluationSettings)}
+
+
+def _evaluate(model, dataset, out: Path, methods=("ala", "brightness"), **kw):
+    """`evaluate` with the tests' settings; keywords that are `EvaluationSettings` fields go there."""
+    fields = {"steps": STEPS, "batch_size": 3, **{k: kw.pop(k) for k in SETTING_FIELDS & set(kw)}}
+    settings = EvaluationSettings(**fields)
+    return evaluate(
+        model, dataset, methods, out, settings, progress=False, dataset_name="synthetic", split="test", **kw
+    )
 
 
 def test_evaluate_writes_design_outputs_with_the_right_numbers(run, registry, tmp_path: Path) -> None:
@@ -214,7 +231,8 @@ def test_linear_probe_reports_ala_inapplicable(run, registry, tmp_path: Path) ->
 
 def test_evaluate_run_loads_the_run_folder(run, registry, tmp_path: Path) -> None:
     model, config, dataset, run_dir = run
-    metrics = evaluate_run(run_dir, "synthetic", None, "test", "brightness", tmp_path, steps=STEPS, progress=False)
+    metrics = evaluate_run(Source(run_dir, "synthetic"), "brightness", tmp_path, EvaluationSettings(steps=STEPS),
+                           progress=False)
     direct = _evaluate(model, dataset, tmp_path / "direct", methods=["brightness"], config=config)
     assert metrics["methods"] == direct["methods"] and metrics["accuracy"] == direct["accuracy"]
     assert metrics["config"]["run"]["data"]["n_test"] == 8
@@ -297,6 +315,7 @@ TINY = [
     "data.n_train=16", "data.n_val=8", "data.n_test=6", "data.synth_size=32", "data.seed=3",
     "train.epochs=1", "train.batch_size=8", "train.lr=0.01", "train.patience=0",
 ]
+FOUR = EvaluationSettings(steps=STEPS, batch_size=4)
 
 
 def test_reproduce_trains_each_seed_and_variant_once_and_aggregates(
@@ -308,7 +327,7 @@ def test_reproduce_trains_each_seed_and_variant_once_and_aggregates(
         """An untrained model in a real run folder: `reproduce` only orchestrates training."""
         calls.append((config.train.seed, config.data.seed, config.model.lattice, config.backbone.lora,
                       config.train.aea))
-        split = dataset_split(config, "train", config.backbone.image_size)
+        split = dataset_split(config, "train")
         config.model.num_classes = split.num_classes
         torch.manual_seed(config.train.seed)
         model = build_model(config).eval()
@@ -317,8 +336,8 @@ def test_reproduce_trains_each_seed_and_variant_once_and_aggregates(
         return model
 
     monkeypatch.setattr(vfmxai.training, "train", fake_train)
-    result = reproduce("toy", "synthetic", None, 2, tmp_path, ablations=True, methods=["brightness", "ala"],
-                       overrides=TINY, progress=False, steps=STEPS, batch_size=4)
+    result = reproduce(Recipe("toy", "synthetic", overrides=TINY), 2, tmp_path, FOUR, ablations=True,
+                       methods=["brightness", "ala"], progress=False)
 
     assert sorted(calls) == sorted(
         (seed, 3, lattice, lora, aea)
@@ -347,18 +366,18 @@ def test_reproduce_trains_each_seed_and_variant_once_and_aggregates(
 
     calls.clear()
     CountingALA.calls = Brightness.calls = 0
-    again = reproduce("toy", "synthetic", None, 2, tmp_path, ablations=True, methods=["brightness", "ala"],
-                      overrides=TINY, progress=False, steps=STEPS, batch_size=4)
+    again = reproduce(Recipe("toy", "synthetic", overrides=TINY), 2, tmp_path, FOUR, ablations=True,
+                      methods=["brightness", "ala"], progress=False)
     assert calls == [] and (CountingALA.calls, Brightness.calls) == (0, 0)
     assert again == result
     with pytest.raises(VfmxaiError, match="train.lr"):
-        reproduce("toy", "synthetic", None, 1, tmp_path, methods=["ala"], overrides=[*TINY, "train.lr=0.5"],
-                  progress=False, steps=STEPS, batch_size=4)
+        reproduce(Recipe("toy", "synthetic", overrides=(*TINY, "train.lr=0.5")), 1, tmp_path, FOUR, methods=["ala"],
+                  progress=False)
 
 
 def test_reproduce_with_real_training(registry, tmp_path: Path) -> None:
-    result = reproduce("toy", "synthetic", None, [5], tmp_path, methods=["ala"], overrides=TINY, progress=False,
-                       steps=STEPS, batch_size=6)
+    result = reproduce(Recipe("toy", "synthetic", overrides=TINY), [5], tmp_path,
+                       EvaluationSettings(steps=STEPS, batch_size=6), methods=["ala"], progress=False)
     config = json.loads((tmp_path / "seed5" / "run" / "config.json").read_text())
     assert (config["train"]["seed"], config["data"]["seed"]) == (5, 3)
     assert (tmp_path / "seed5" / "trained.json").is_file()

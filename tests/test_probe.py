@@ -10,8 +10,8 @@ from vfmxai.classifier import LinearProbe
 from vfmxai.cli import main
 from vfmxai.config import apply_overrides, preset
 from vfmxai.errors import VfmxaiError
-from vfmxai.training import load_run, train
-from vfmxai.training.train import dataset_split
+from vfmxai.run_folder import dataset_split, load_run
+from vfmxai.training import train
 
 TINY = ["backbone.name=tiny", "backbone.image_size=32", "data.synth_size=32", "data.n_train=24", "data.n_val=8",
         "data.n_test=6", "train.epochs=40"]
@@ -54,7 +54,7 @@ def test_probe_is_explained_and_evaluated_by_post_hoc_methods_from_the_cli(tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"gradcam", "rollout"} and "ala" in metrics["missing"]
     model, config, _ = load_run(run)
-    test = dataset_split(config, "test", 32)
+    test = dataset_split(config, "test")
     images = torch.stack([test[i]["image"] for i in range(len(test))])
     labels = torch.tensor([test[i]["label"] for i in range(len(test))])
     with torch.no_grad():

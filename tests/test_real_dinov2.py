@@ -77,13 +77,13 @@ def test_a_linear_probe_on_the_real_features_classifies_the_pets(tmp_path):
     Measured on this machine: 0.47 test accuracy (16 of 34; validation 0.38); the bound, six times chance,
     leaves room for BLAS differences, not for a broken probe or backbone."""
     from vfmxai.config import apply_overrides
+    from vfmxai.run_folder import dataset_split
     from vfmxai.training import train
-    from vfmxai.training.train import dataset_split
 
     overrides = [f"backbone.name={DINOV2}", "backbone.image_size=224", "data.dataset=folder", f"data.root={PETS}"]
     config = apply_overrides(preset("probe"), overrides)
     model = train(config, tmp_path / "probe", progress=False)
-    test = dataset_split(config, "test", 224)
+    test = dataset_split(config, "test")
     images = torch.stack([test[i]["image"] for i in range(len(test))])
     labels = torch.tensor([test[i]["label"] for i in range(len(test))])
     with torch.no_grad():

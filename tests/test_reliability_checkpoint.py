@@ -16,7 +16,8 @@ import torch
 from run_fixtures import tiny_run_config
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.training import load_run, train
+from vfmxai.run_folder import load_run
+from vfmxai.training import train
 
 
 class PlantsMarker:

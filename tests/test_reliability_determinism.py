@@ -12,7 +12,7 @@ from vfmxai import explainers
 from vfmxai.ala import build_model
 from vfmxai.config import RunConfig
 from vfmxai.data import SyntheticDataset
-from vfmxai.evaluation import evaluate, evaluate_run
+from vfmxai.evaluation import EvaluationSettings, Source, evaluate, evaluate_run
 from vfmxai.training import train
 
 RISE = {"n_masks": 16, "seed": 11}
@@ -20,8 +20,8 @@ RISE = {"n_masks": 16, "seed": 11}
 
 def _train_and_evaluate(config: RunConfig, folder):
     train(config, folder / "run", progress=False)
-    evaluate_run(folder / "run", "synthetic", None, "test", "ala,rise", folder / "eval", steps=4, batch_size=4,
-                 progress=False, method_options={"rise": RISE})
+    settings = EvaluationSettings(steps=4, batch_size=4, method_options={"rise": RISE})
+    evaluate_run(Source(folder / "run", "synthetic"), "ala,rise", folder / "eval", settings, progress=False)
     return folder / "run", folder / "eval"
 
 
@@ -52,6 +52,6 @@ def test_the_default_rise_seed_is_recorded_in_metrics_json(tmp_path):
     config = tiny_run_config()
     config.model.num_classes = 6
     model = build_model(config).eval()
-    metrics = evaluate(model, SyntheticDataset("test", 2, size=32), ["rise"], tmp_path, steps=2, progress=False,
-                       method_options={"rise": {"n_masks": 4}})
+    settings = EvaluationSettings(steps=2, method_options={"rise": {"n_masks": 4}})
+    metrics = evaluate(model, SyntheticDataset("test", 2, size=32), ["rise"], tmp_path, settings, progress=False)
     assert metrics["config"]["evaluation"]["method_options"]["rise"].get("seed") == 0

@@ -10,14 +10,15 @@ from run_fixtures import tiny_run_config
 from safetensors.torch import load_file
 
 from vfmxai.ala import build_model
+from vfmxai.checkpoint import save_weights
 from vfmxai.errors import VfmxaiError
-from vfmxai.evaluation import evaluate, evaluate_run
-from vfmxai.evaluation.sharding import evaluate_run_parallel, evaluate_sharded, parse_shard
-from vfmxai.training.checkpoint import WEIGHTS, save_weights, write_run_files
-from vfmxai.training.train import dataset_split
+from vfmxai.evaluation import EvaluationSettings, Processes, Shard, Source, evaluate, evaluate_run
+from vfmxai.evaluation.sharding import parse_shard
+from vfmxai.run_folder import WEIGHTS, dataset_split, write_run_files
 
 METHODS = ["ala", "gradcam"]
-OPTIONS = {"steps": 3, "batch_size": 2, "n_grid": 3, "progress": False, "dataset_name": "synthetic", "split": "test"}
+SETTINGS = EvaluationSettings(steps=3, batch_size=2, n_grid=3)
+OPTIONS = {"progress": False, "dataset_name": "synthetic", "split": "test"}
 FILES = ("metrics.json", "metrics.csv", "table.md", "per_image.csv")
 
 
@@ -29,7 +30,7 @@ def tiny():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(config).eval()
-    return model, config, dataset_split(config, "test", config.backbone.image_size)
+    return model, config, dataset_split(config, "test")
 
 
 def _per_image(out: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -50,18 +51,22 @@ def _assert_same_results(a: Path, b: Path) -> None:
 
 
 def test_parse_shard() -> None:
-    assert parse_shard("1/4") == (1, 4)
+    assert parse_shard("1/4") == Shard(1, 4)
     for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(VfmxaiError, match="--shard"):
             parse_shard(bad)
+    with pytest.raises(VfmxaiError, match="--shard 2/2"):
+        Shard(2, 2)
+    assert Shard(1, 3).mine([0, 2, 4, 6, 8, 10, 12]) == [2, 8]
 
 
 def test_a_shard_computes_only_its_batches_and_rank_0_merges(tiny, tmp_path: Path) -> None:
     model, config, data = tiny  # 8 images in batches of 2: starts 0, 2, 4, 6
-    single = evaluate(model, data, METHODS, tmp_path / "single", config=config.to_dict(), **OPTIONS)
+    single = evaluate(model, data, METHODS, tmp_path / "single", SETTINGS, config=config.to_dict(), **OPTIONS)
 
     sharded = tmp_path / "sharded"
-    assert evaluate(model, data, METHODS, sharded, config=config.to_dict(), shard=(1, 2), **OPTIONS) is None
+    rank_1 = evaluate(model, data, METHODS, sharded, SETTINGS, config=config.to_dict(), shard=Shard(1, 2), **OPTIONS)
+    assert rank_1 is None
     for method in ["_predictions", *METHODS]:
         assert sorted(p.name for p in (sharded / "per_image" / method).iterdir()) == [
             "b00000002.safetensors",
@@ -70,8 +75,8 @@ def test_a_shard_computes_only_its_batches_and_rank_0_merges(tiny, tmp_path: Pat
     assert not (sharded / "metrics.json").exists()
 
     # no process group: rank 0 computes batches 0 and 4, finds rank 1's files, merges
-    merged = evaluate_sharded(
-        model, data, METHODS, sharded, rank=0, world_size=2, timeout_s=0, config=config.to_dict(), **OPTIONS
+    merged = evaluate(
+        model, data, METHODS, sharded, SETTINGS, shard=Shard(0, 2, timeout_s=0), config=config.to_dict(), **OPTIONS
     )
     assert merged == single
     _assert_same_results(tmp_path / "single", sharded)
@@ -81,7 +86,7 @@ def test_a_shard_computes_only_its_batches_and_rank_0_merges(tiny, tmp_path: Pat
 def test_rank_0_reports_missing_shards(tiny, tmp_path: Path) -> None:
     model, config, data = tiny
     with pytest.raises(VfmxaiError, match="missing"):
-        evaluate_sharded(model, data, ["ala"], tmp_path, rank=0, world_size=2, timeout_s=0, poll_s=0, **OPTIONS)
+        evaluate(model, data, ["ala"], tmp_path, SETTINGS, shard=Shard(0, 2, timeout_s=0, poll_s=0), **OPTIONS)
     assert not (tmp_path / "metrics.json").exists()
 
 
@@ -90,13 +95,11 @@ def test_two_processes_merge_to_the_single_process_result(tiny, tmp_path: Path) 
     run_dir = tmp_path / "run"
     write_run_files(run_dir, config, [f"class{i}" for i in range(6)])
     save_weights(model, run_dir / WEIGHTS)
-    options = {k: v for k, v in OPTIONS.items() if k not in ("dataset_name", "split")}
+    source = Source(run_dir, "synthetic")
 
-    single = evaluate_run(run_dir, "synthetic", None, "test", METHODS, tmp_path / "single", device="cpu", **options)
-    parallel = evaluate_run_parallel(
-        run_dir, "synthetic", None, "test", METHODS, tmp_path / "parallel",
-        devices=2, threads=1, start_method="fork", **options,
-    )
+    single = evaluate_run(source, METHODS, tmp_path / "single", SETTINGS, device="cpu", progress=False)
+    processes = Processes(2, threads=1, start_method="fork")
+    parallel = evaluate_run(source, METHODS, tmp_path / "parallel", SETTINGS, parallel=processes, progress=False)
     assert parallel == single
     _assert_same_results(tmp_path / "single", tmp_path / "parallel")
 
@@ -106,8 +109,8 @@ def test_a_user_error_in_a_worker_is_a_user_error(tiny, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     write_run_files(run_dir, config, [f"class{i}" for i in range(6)])
     save_weights(model, run_dir / WEIGHTS)
-    with pytest.raises(VfmxaiError, match="--threshold"):
-        evaluate_run_parallel(
-            run_dir, "synthetic", None, "test", METHODS, tmp_path / "out",
-            devices=2, threads=1, start_method="fork", threshold=2.0,
+    with pytest.raises(VfmxaiError, match="no-such-folder: dataset folder not found"):
+        evaluate_run(
+            Source(run_dir, "folder", tmp_path / "no-such-folder"), METHODS, tmp_path / "out", SETTINGS,
+            parallel=Processes(2, threads=1, start_method="fork"), progress=False,
         )

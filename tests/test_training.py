@@ -7,7 +7,8 @@ from run_fixtures import tiny_run_config
 
 from vfmxai.backbones import load_backbone
 from vfmxai.errors import VfmxaiError
-from vfmxai.training import aea_map_on, load_run, train
+from vfmxai.run_folder import load_run
+from vfmxai.training import aea_map_on, train
 
 
 class PhaseRecorder(L.Callback):

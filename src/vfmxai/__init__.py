@@ -22,7 +22,7 @@ _API = {
     "Classifier": "vfmxai.classifier",
     "LinearProbe": "vfmxai.classifier",
     "train": "vfmxai.training",
-    "load_run": "vfmxai.training",
+    "load_run": "vfmxai.run_folder",
     "get_dataset": "vfmxai.data",
     "explain_files": "vfmxai.explain",
     "flush_denormals": "vfmxai.runtime",

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.vocabulary import (
@@ -20,6 +22,9 @@ from vfmxai.vocabulary import (
     TARGET_MODES,
     THRESHOLD_ON,
 )
+
+if TYPE_CHECKING:
+    from vfmxai.evaluation import EvaluationSettings
 
 PRECISION_HELP = "auto (bf16 autocast on a GPU, fp32 on a CPU), bf16 or fp32"
 
@@ -151,94 +156,39 @@ def _method_option(text: str) -> tuple[str, str, object]:
     return method.strip(), option.strip(), value
 
 
-def _evaluation_options(args: argparse.Namespace) -> dict:
-    return {
-        "device": args.device,
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "substrate": args.substrate,
-        "target_mode": args.target,
-        "threshold": args.threshold,
-        "threshold_on": args.threshold_on,
-        "num_workers": args.num_workers,
-        "precision": args.precision,
-        "progress": not args.no_progress,
-        "method_options": _collect_method_options(args.method_options),
-    }
+def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
+    from vfmxai.evaluation import EvaluationSettings
+
+    return EvaluationSettings(
+        steps=args.steps,
+        substrate=args.substrate,
+        target_mode=args.target,
+        threshold=args.threshold,
+        threshold_on=args.threshold_on,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        precision=args.precision,
+        method_options=_collect_method_options(args.method_options),
+    )
 
 
-def _collect_method_options(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]] | None:
+def _collect_method_options(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]]:
     options: dict[str, dict[str, object]] = {}
     for method, option, value in items:
         options.setdefault(method, {})[option] = value
-    return options or None
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "demo":
-        from vfmxai.demo import run_demo
-
-        run_demo(args.out, seed=args.seed)
-        return 0
-    if args.command == "data":
-        return _data(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "explain":
-        from vfmxai.explain import explain_files
-
-        predictions = explain_files(
-            args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device, args.per_block,
-            args.precision,
-        )
-        print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
-        return 0
-    if args.command == "evaluate":
-        from vfmxai.evaluation import evaluate_run
-
-        _need_root(args)
-        run_args = (args.checkpoint, args.dataset, args.root, args.split, args.methods, args.out)
-        if args.shard:
-            from vfmxai.evaluation.sharding import evaluate_run_sharded, parse_shard
-
-            rank, world = parse_shard(args.shard)
-            result = evaluate_run_sharded(*run_args, rank=rank, world_size=world, **_evaluation_options(args))
-            if result is None:
-                print(f"shard {args.shard} done -> {args.out}")
-                return 0
-        elif args.devices:
-            from vfmxai.evaluation.sharding import evaluate_run_parallel
-
-            result = evaluate_run_parallel(*run_args, devices=args.devices, **_evaluation_options(args))
-        else:
-            result = evaluate_run(*run_args, **_evaluation_options(args))
-        print(f"evaluated {result['n_images']} image(s) -> {args.out / 'metrics.json'}")
-        return 0
-    if args.command == "bench":
-        from vfmxai.bench import DEFAULT_METHODS, run_bench
-
-        run_bench(
-            args.out, args.backbone, args.image_size, args.batch_size, args.repeats, args.warmup,
-            methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps, device=args.device,
-            clock=args.clock, train=[t for t in args.train if t != "none"], precision=args.precision,
-        )
-        return 0
-    if args.command == "reproduce":
-        from vfmxai.evaluation import reproduce
-
-        _need_root(args)
-        reproduce(
-            args.preset, args.dataset, args.root, args.seeds, args.out,
-            ablations=args.ablations, methods=args.methods, overrides=args.overrides, **_evaluation_options(args),
-        )
-        print(f"reproduced -> {args.out}")
-        return 0
-    raise AssertionError(args.command)
+    return options
 
 
 def _need_root(args: argparse.Namespace) -> None:
     if args.dataset != "synthetic" and args.root is None:
         raise VfmxaiError(f"--root is required for --dataset {args.dataset}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vfmxai.demo import run_demo
+
+    run_demo(args.out, seed=args.seed)
+    return 0
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -260,24 +210,23 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vfmxai.config import apply_overrides, preset
+    """`--backbone`, `--seed` (train.seed and data.seed), `--devices` and `--num-nodes` set their fields
+    before `--set`, so an explicit `--set` wins (`Recipe`)."""
+    from vfmxai.run_folder import MAP_CHECK, Recipe
     from vfmxai.training import train
-    from vfmxai.training.checkpoint import MAP_CHECK
 
-    config = preset(args.preset)
-    config.data.dataset = args.dataset
-    config.data.root = str(args.root) if args.root else None
     _need_root(args)
+    fields: dict[str, object] = {}
     if args.backbone:
-        config.backbone.name = args.backbone
+        fields["backbone.name"] = args.backbone
     if args.seed is not None:
-        config.train.seed = config.data.seed = args.seed
+        fields["train.seed"] = fields["data.seed"] = args.seed
     if args.devices:
-        config.train.devices = args.devices
+        fields["train.devices"] = args.devices
     if args.num_nodes:
-        config.train.num_nodes = args.num_nodes
-    apply_overrides(config, args.overrides)
-    train(config, args.out, resume=args.resume, progress=not args.no_progress)
+        fields["train.num_nodes"] = args.num_nodes
+    recipe = Recipe(args.preset, args.dataset, args.root, tuple(args.overrides), fields)
+    train(recipe.config(), args.out, resume=args.resume, progress=not args.no_progress)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:  # under DDP every rank runs this command
@@ -290,13 +239,79 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from vfmxai.explain import explain_files
+
+    predictions = explain_files(
+        args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device, args.per_block,
+        args.precision,
+    )
+    print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vfmxai.evaluation import Processes, Source, evaluate_run
+    from vfmxai.evaluation.sharding import parse_shard
+
+    _need_root(args)
+    settings = _evaluation_settings(args)
+    parallel = parse_shard(args.shard) if args.shard else Processes(args.devices) if args.devices else None
+    source = Source(args.checkpoint, args.dataset, args.root, args.split)
+    result = evaluate_run(
+        source, args.methods, args.out, settings, parallel=parallel, device=args.device, progress=not args.no_progress
+    )
+    if result is None:
+        print(f"shard {args.shard} done -> {args.out}")
+    else:
+        print(f"evaluated {result['n_images']} image(s) -> {args.out / 'metrics.json'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from vfmxai.bench import DEFAULT_METHODS, run_bench
+
+    run_bench(
+        args.out, args.backbone, args.image_size, args.batch_size, args.repeats, args.warmup,
+        methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps, device=args.device,
+        clock=args.clock, train=[t for t in args.train if t != "none"], precision=args.precision,
+    )
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from vfmxai.evaluation import reproduce
+    from vfmxai.run_folder import Recipe
+
+    _need_root(args)
+    recipe = Recipe(args.preset, args.dataset, args.root, tuple(args.overrides))
+    reproduce(
+        recipe, args.seeds, args.out, _evaluation_settings(args), methods=args.methods, ablations=args.ablations,
+        device=args.device, progress=not args.no_progress,
+    )
+    print(f"reproduced -> {args.out}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _demo,
+    "data": _data,
+    "train": _train,
+    "explain": _explain,
+    "evaluate": _evaluate,
+    "bench": _bench,
+    "reproduce": _reproduce,
+}
+"""Each command's handler: it translates the flags into the API's terms and calls it."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from vfmxai.runtime import flush_denormals
 
     flush_denormals()  # before torch starts its threads, so they inherit it (vfmxai.runtime)
     try:
-        return _run(args)
+        return COMMANDS[args.command](args)
     except VfmxaiError as err:
         print(f"vfmxai: error: {err}", file=sys.stderr)
         return 1

@@ -237,17 +237,24 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         key, sep, raw = item.partition("=")
         if not sep:
             raise VfmxaiError(f"--set {item}: expected key=value")
-        *path, leaf = key.strip().split(".")
-        target: Any = config
-        for part in path:
-            if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
-                raise VfmxaiError(f"--set {item}: unknown section '{part}'")
-            target = getattr(target, part)
-        if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
-            raise VfmxaiError(f"--set {item}: unknown field '{key}'")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        setattr(target, leaf, value)
+        set_field(config, key.strip(), value, f"--set {item}")
     return config
+
+
+def set_field(config: RunConfig, key: str, value: Any, origin: str | None = None) -> None:
+    """`config.<key> = value` for a dotted `section.field` key; an unknown section or field is an error
+    naming `origin` (default: the key)."""
+    origin = origin or key
+    *path, leaf = key.split(".")
+    target: Any = config
+    for part in path:
+        if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+            raise VfmxaiError(f"{origin}: unknown section '{part}'")
+        target = getattr(target, part)
+    if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
+        raise VfmxaiError(f"{origin}: unknown field '{key}'")
+    setattr(target, leaf, value)

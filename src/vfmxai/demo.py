@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from vfmxai.data import write_synthetic
-from vfmxai.evaluation import reproduce
+from vfmxai.evaluation import EvaluationSettings, reproduce
 from vfmxai.io import atomic_write_text
+from vfmxai.run_folder import Recipe
 
 DEMO_SPLITS = {"n_train": 360, "n_val": 40, "n_test": 32}
 DEMO_STEPS = 20
@@ -42,14 +43,11 @@ def run_demo(out: str | Path, seed: int = 0, progress: bool = True) -> Path:
     times["write synthetic set"] = time.time() - start
     step = time.time()
     result = reproduce(
-        "toy",
-        "folder",
-        data_root,
+        Recipe("toy", "folder", data_root),
         seeds=1,
         out=out / "reproduce",
+        settings=EvaluationSettings(steps=DEMO_STEPS, method_options=DEMO_METHOD_OPTIONS),
         ablations=True,
-        method_options=DEMO_METHOD_OPTIONS,
-        steps=DEMO_STEPS,
         progress=progress,
     )
     times["train ALA + ablations, evaluate every method"] = time.time() - step

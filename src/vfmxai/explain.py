@@ -23,8 +23,8 @@ from vfmxai.data.images import DECODABLE_SUFFIXES, open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text
 from vfmxai.maps import normalize_maps, resize_maps
+from vfmxai.run_folder import load_run
 from vfmxai.runtime import autocast, resolve_precision
-from vfmxai.training.checkpoint import load_run
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
 

@@ -1,4 +1,4 @@
-"""Numeric settings: flushing denormal floats to zero, and the precision models run in.
+"""Where and how models run: the default device, flushing denormal floats to zero, and the precision.
 
 Denormals. In AEA's even epochs the perception branch sees unmasked features, its GELU sits deep in the
 negative range for many positions, and the gradient reaching its conv holds thousands of denormal
@@ -56,3 +56,8 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[str]:
         return
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         yield resolved
+
+
+def default_device() -> str:
+    """Where models run unless told: the first GPU when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,15 +1,24 @@
 """The evaluation protocol: methods x images x metrics (resumable), aggregation over seeds, the paper's tables.
 
-- `evaluate(model, dataset, methods, out)`: one model, one split -> metrics.json, timing.json, metrics.csv,
-  table.md, curves.png, grid.png (DESIGN §6); `evaluate_run` does the same from a run folder.
+- `evaluate(model, dataset, methods, out, settings)`: one model, one split -> metrics.json, timing.json,
+  metrics.csv, table.md, per_image.csv, curves.png, grid.png; `evaluate_run(source, methods, out, settings,
+  parallel=...)` does the same from a run folder, in one process, one shard or N worker processes.
 - `aggregate(eval_dirs, out)`: several seeds -> mean ± std and paired tests against ALA.
-- `reproduce(preset, dataset, root, seeds, out)`: train + evaluate + aggregate, optionally the ablations.
+- `reproduce(recipe, seeds, out, settings)`: train + evaluate + aggregate, optionally the ablations.
+
+Modules, one job each: `settings` (what is evaluated and how), `runner` (the resumable loop and the
+scores), `sharding` (how batches are split over processes), `launch` (a run folder, scheduled), `store`
+(per-image results on disk), `outputs` (the result files), `report` (numbers and tables), `progress`
+(bars), `aggregate` (over seeds), `reproduce` (the paper's experiment).
 """
 
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results, write_aggregate
+from vfmxai.evaluation.launch import evaluate_run
 from vfmxai.evaluation.report import METRICS, render_table
-from vfmxai.evaluation.reproduce import ABLATIONS, reproduce, run_config
-from vfmxai.evaluation.runner import evaluate, evaluate_run, resolve_methods
+from vfmxai.evaluation.reproduce import ABLATIONS, Ablation, reproduce
+from vfmxai.evaluation.runner import evaluate, resolve_methods
+from vfmxai.evaluation.settings import EvaluationSettings, Source
+from vfmxai.evaluation.sharding import Processes, Shard
 from vfmxai.evaluation.store import PerImage, load_per_image
 from vfmxai.vocabulary import METHODS
 
@@ -17,7 +26,12 @@ __all__ = [
     "ABLATIONS",
     "METHODS",
     "METRICS",
+    "Ablation",
+    "EvaluationSettings",
     "PerImage",
+    "Processes",
+    "Shard",
+    "Source",
     "aggregate",
     "aggregate_results",
     "evaluate",
@@ -26,6 +40,5 @@ __all__ = [
     "render_table",
     "reproduce",
     "resolve_methods",
-    "run_config",
     "write_aggregate",
 ]

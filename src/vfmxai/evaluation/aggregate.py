@@ -27,10 +27,10 @@ from vfmxai.evaluation.report import (
     display_name,
     per_image_scores,
     render_csv,
+    render_markdown,
     render_p_table,
     rounded,
 )
-from vfmxai.evaluation.runner import render_markdown
 from vfmxai.evaluation.store import load_per_image
 from vfmxai.io import atomic_write_json, atomic_write_text
 from vfmxai.metrics import mean_std, paired_test

@@ -12,6 +12,7 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,3 +163,34 @@ def render_csv(
         ps = [repr(method_p[m]) if m in method_p else "" for m in p_columns]
         writer.writerow([method, *values, *ps])
     return buffer.getvalue()
+
+
+def render_markdown(metrics: Mapping[str, Any], p_values: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """table.md: the Table 2 layout, then the accuracy, the settings and the methods that could not run."""
+    evaluation = metrics["config"]["evaluation"]
+    title = f"# {metrics['dataset'] or 'dataset'} / {metrics['split']} — {metrics['n_images']} images"
+    if "seeds" in metrics:
+        title += f", {len(metrics['seeds'])} seed(s) (mean ± std over seeds)"
+    lines = [title]
+    if metrics["methods"]:
+        lines.append(render_table(metrics["methods"], TABLE_COLUMNS, p_values).strip())
+    accuracy = f"{metrics['accuracy']:.3f}"
+    if "accuracy_std" in metrics:
+        accuracy += f" ± {metrics['accuracy_std']:.3f}"
+    lines.append(f"Accuracy of the explained model: {accuracy}.")
+    lines.append(
+        f"mIoU at τ = {evaluation['threshold']}{_threshold_words(evaluation)}; "
+        f"insertion/deletion with {evaluation['steps']} steps, "
+        f"{evaluation['substrate']} substrate; maps and curves for the {_target_words(evaluation['target_mode'])}."
+    )
+    for method, reason in metrics.get("missing_reasons", {}).items():
+        lines.append(f"Missing: {method} — {reason}.")
+    return "\n\n".join(lines) + "\n"
+
+
+def _threshold_words(evaluation: Mapping[str, Any]) -> str:
+    return " on the raw map" if evaluation.get("threshold_on") == "raw" else ""
+
+
+def _target_words(mode: str) -> str:
+    return "ground-truth class" if mode == "given" else "predicted class"

@@ -19,97 +19,100 @@ an evaluation continues from its per-image files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vfmxai.config import RunConfig, apply_overrides, preset
+from vfmxai.config import RunConfig
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results
+from vfmxai.evaluation.launch import evaluate_run
 from vfmxai.evaluation.report import per_image_scores, render_table
-from vfmxai.evaluation.runner import default_device, evaluate
+from vfmxai.evaluation.settings import EvaluationSettings, Source
 from vfmxai.evaluation.store import load_per_image
 from vfmxai.io import atomic_write_json, atomic_write_text
+from vfmxai.run_folder import CONFIG, LAST, Recipe, dataset_split
+from vfmxai.runtime import default_device
 from vfmxai.viz.grid import save_grid
 
-ABLATIONS: dict[str, tuple[str, bool, bool, bool, list[str]]] = {
-    "no_lattice": ("(i)", True, True, False, ["model.lattice=false"]),
-    "no_lora": ("(ii)", True, False, True, ["backbone.lora=false"]),
-    "no_aea": ("(iii)", False, True, True, ["train.aea=false"]),
-    "full": ("(iv)", True, True, True, []),
+
+@dataclass(frozen=True)
+class Ablation:
+    """One row of the paper's Table 4: its label, which parts it keeps, the overrides that switch the others off."""
+
+    label: str
+    aea: bool
+    lora: bool
+    lattice: bool
+    overrides: tuple[str, ...] = ()
+
+
+ABLATIONS = {
+    "no_lattice": Ablation("(i)", aea=True, lora=True, lattice=False, overrides=("model.lattice=false",)),
+    "no_lora": Ablation("(ii)", aea=True, lora=False, lattice=True, overrides=("backbone.lora=false",)),
+    "no_aea": Ablation("(iii)", aea=False, lora=True, lattice=True, overrides=("train.aea=false",)),
+    "full": Ablation("(iv)", aea=True, lora=True, lattice=True),
 }
-"""The paper's Table 4 rows: label, AEA, LoRA, ALA (lattice), and the overrides that switch a part off."""
+"""The paper's Table 4 rows, in its order."""
 TRAINED = "trained.json"
 
 
-def run_config(
-    preset_name: str, dataset: str, root: str | Path | None, seed: int, overrides: Sequence[str] = ()
-) -> RunConfig:
-    """The config of one trial: the preset, the dataset, the overrides, then `train.seed = seed`."""
-    config = preset(preset_name)
-    config.data.dataset = dataset
-    config.data.root = None if root is None else str(root)
-    apply_overrides(config, list(overrides))
-    config.train.seed = int(seed)
-    return config
-
-
 def reproduce(
-    preset_name: str,
-    dataset: str,
-    root: str | Path | None,
+    recipe: Recipe,
     seeds: int | Sequence[int],
     out: str | Path,
-    ablations: bool = False,
-    methods: str | Sequence[str] = "all",
-    overrides: Sequence[str] | None = None,
-    progress: bool = True,
+    settings: EvaluationSettings | None = None,
     *,
-    method_options: Mapping[str, Mapping[str, Any]] | None = None,
-    steps: int = 100,
-    batch_size: int = 16,
+    methods: str | Sequence[str] = "all",
+    ablations: bool = False,
     device: str | None = None,
-    **eval_options: Any,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate every seed, aggregate Table 2 (and Table 4 with `ablations`); return the aggregate
     (Table 2's metrics.json content, with the ablation aggregate under "ablations" when run).
 
-    `eval_options` are further keyword arguments of `evaluate` (substrate, target_mode, threshold, ...).
+    Trial k's config is `recipe.config(seed=k)`: the data split stays the recipe's (module docstring).
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise VfmxaiError(f"--seeds: need at least one seed and no repeats, got {seeds}")
-    overrides = list(overrides or [])
+    settings = settings or EvaluationSettings()
     out = Path(out)
     device = device or default_device()
-    evaluation = {"method_options": method_options, "steps": steps, "batch_size": batch_size, **eval_options}
     record = {
-        "preset": preset_name, "dataset": dataset, "root": None if root is None else str(root), "seeds": seed_list,
+        "preset": recipe.preset, "dataset": recipe.dataset, "root": recipe.root, "seeds": seed_list,
         "ablations": ablations, "methods": methods if isinstance(methods, str) else list(methods),
-        "overrides": overrides, "evaluation": evaluation,
+        "overrides": list(recipe.overrides), "fields": dict(recipe.fields),
+        "evaluation": dataclasses.asdict(settings),
     }
-    run_config(preset_name, dataset, root, seed_list[0], overrides)  # bad preset / override: fail before any work
+    recipe.config(seed_list[0])  # bad preset / override: fail before any work
     atomic_write_json(out / "reproduce.json", json.loads(json.dumps(record, sort_keys=True, default=str)))
 
     def trial(seed: int, folder: Path, extra: Sequence[str], trial_methods: str | Sequence[str]) -> Path:
-        config = run_config(preset_name, dataset, root, seed, [*overrides, *extra])
+        trial_recipe = dataclasses.replace(recipe, overrides=(*recipe.overrides, *extra))
         _say(progress, f"[reproduce] seed {seed}: {folder.relative_to(out)}")
-        _train_once(config, folder, progress)
-        return _evaluate_trial(folder, trial_methods, device, progress, evaluation)
+        _train_once(trial_recipe.config(seed), folder, progress)
+        source = Source(folder / "run", recipe.dataset, recipe.root, "test")
+        evaluate_run(source, trial_methods, folder / "eval", settings, device=device, progress=progress)
+        return folder / "eval"
 
-    eval_dirs = [trial(seed, out / f"seed{seed}", [], methods) for seed in seed_list]
+    eval_dirs = [trial(seed, out / f"seed{seed}", (), methods) for seed in seed_list]
     result = aggregate(eval_dirs, out, seeds=seed_list, table_name="table2.md")
     if not ablations:
         return result
     if "ala" not in result["methods"]:
         raise VfmxaiError("--ablations compares ALA variants: 'ala' must be among --methods and run")
     variant_dirs = {
-        name: [trial(seed, out / f"seed{seed}" / f"ablation_{name}", spec[4], ["ala"]) for seed in seed_list]
-        for name, spec in ABLATIONS.items()
+        name: [
+            trial(seed, out / f"seed{seed}" / f"ablation_{name}", ablation.overrides, ["ala"]) for seed in seed_list
+        ]
+        for name, ablation in ABLATIONS.items()
         if name != "full"
     }
     variant_dirs["full"] = eval_dirs
@@ -145,10 +148,10 @@ def ablation_table(variant_dirs: Mapping[str, Sequence[Path]], seeds: Sequence[i
 
 
 def render_ablation_markdown(table: Mapping[str, Any]) -> str:
-    names = {name: spec[0] for name, spec in ABLATIONS.items()}
+    names = {name: ablation.label for name, ablation in ABLATIONS.items()}
     marks = [
-        (header, {name: "✓" if spec[i] else "" for name, spec in ABLATIONS.items()})
-        for header, i in (("AEA", 1), ("LoRA", 2), ("ALA", 3))
+        (header, {name: "✓" if getattr(ablation, part) else "" for name, ablation in ABLATIONS.items()})
+        for header, part in (("AEA", "aea"), ("LoRA", "lora"), ("ALA", "lattice"))
     ]
     body = render_table(
         table["methods"], ("miou", "insertion", "deletion", "id"), table["p_values"] or None,
@@ -171,8 +174,7 @@ def _say(enabled: bool, text: str) -> None:
 
 def _train_once(config: RunConfig, folder: Path, progress: bool) -> None:
     """Train into folder/run unless folder/trained.json says it finished; continue an interrupted run."""
-    from vfmxai.training import train
-    from vfmxai.training.checkpoint import CONFIG, LAST
+    from vfmxai.training import train  # Lightning loads only when a training runs
 
     run_dir = folder / "run"
     if (run_dir / CONFIG).is_file():
@@ -200,32 +202,14 @@ def _first_difference(saved: Any, ours: Any, key: str = "") -> str | None:
     return None if saved == ours else f"{key}={json.dumps(saved)} (this call: {json.dumps(ours)})"
 
 
-def _evaluate_trial(
-    folder: Path, methods: str | Sequence[str], device: str, progress: bool, evaluation: Mapping[str, Any]
-) -> Path:
-    from vfmxai.training import load_run
-    from vfmxai.training.train import dataset_split
-
-    model, config, _ = load_run(folder / "run", device)
-    test = dataset_split(config, "test", config.backbone.image_size)
-    evaluate(
-        model, test, methods, folder / "eval", progress=progress, config=config.to_dict(),
-        dataset_name=config.data.dataset, split="test", **evaluation,
-    )
-    return folder / "eval"
-
-
 def _aea_figure(full_dir: Path, no_aea_dir: Path, path: Path, seed_folder: Path) -> None:
     """Paper Fig. 5: the first test images with the full model's map and the no-AEA model's."""
-    from vfmxai.training.checkpoint import CONFIG
-    from vfmxai.training.train import dataset_split
-
     with_aea = load_per_image(full_dir).grid_maps.get("ala")
     without = load_per_image(no_aea_dir).grid_maps.get("ala")
     if with_aea is None or without is None:
         return
     config = RunConfig.load(seed_folder / "run" / CONFIG)
-    test = dataset_split(config, "test", config.backbone.image_size)
+    test = dataset_split(config, "test")
     n = min(len(with_aea), len(without))
     images = torch.stack([test[i]["image"] for i in range(n)])
     save_grid(images, [("with AEA", with_aea[:n]), ("without AEA", without[:n])], path)

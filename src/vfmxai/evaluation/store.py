@@ -36,7 +36,6 @@ from vfmxai.io import atomic_write, atomic_write_json
 PREDICTIONS = "_predictions"
 MANIFEST = "manifest.json"
 PER_IMAGE_DIR = "per_image"
-SCORES = ("iou", "pointing_game", "energy_pg", "insertion", "deletion")
 """Per-image scores stored for every method (the ID score is insertion - deletion)."""
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import lightning as L
 
+from vfmxai.checkpoint import save_weights
 from vfmxai.io import atomic_write, atomic_write_text
-from vfmxai.training.checkpoint import LAST, WEIGHTS, save_weights
+from vfmxai.run_folder import LAST, WEIGHTS
 
 
 def aea_map_on(epoch: int, enabled: bool = True) -> bool:

@@ -18,12 +18,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vfmxai.backbones import load_backbone
+from vfmxai.checkpoint import save_weights
 from vfmxai.classifier import LinearProbe
 from vfmxai.config import RunConfig
 from vfmxai.data import collate
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_text
-from vfmxai.training.checkpoint import CONFIG, WEIGHTS, save_weights, write_run_files
+from vfmxai.run_folder import CONFIG, LOG, WEIGHTS, write_run_files
 
 PROBE_LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -53,7 +54,7 @@ def fit_probe(config: RunConfig, out: str | Path, splits: dict[str, Dataset]) ->
     config.model.num_classes = model.num_classes
     write_run_files(run_dir, config, splits["train"].class_names)
     lines = [",".join(PROBE_LOG_COLUMNS), *(f"{r[0]}," + ",".join(f"{v:.6f}" for v in r[1:]) for r in rows)]
-    atomic_write_text(run_dir / "log.csv", "\n".join(lines) + "\n")
+    atomic_write_text(run_dir / LOG, "\n".join(lines) + "\n")
     save_weights(model, run_dir / WEIGHTS)
     return model
 

@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vfmxai.ala import ALAModel, build_model
 from vfmxai.ala.monitor import MapCheck, check_map
+from vfmxai.checkpoint import load_resume_state
 from vfmxai.config import CLASSIFIERS, RunConfig
-from vfmxai.data import collate, get_dataset, loader_workers
+from vfmxai.data import collate, loader_workers
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json
+from vfmxai.run_folder import CONFIG, LAST, LOG, MAP_CHECK, dataset_split, load_run, write_run_files
 from vfmxai.runtime import flush_denormals, resolve_precision
 from vfmxai.training.callbacks import (
     SELECT_BY,
@@ -33,7 +35,6 @@ from vfmxai.training.callbacks import (
     InterruptWatch,
     ResumeCheckpoint,
 )
-from vfmxai.training.checkpoint import CONFIG, LAST, MAP_CHECK, load_resume_state, load_run, write_run_files
 from vfmxai.training.module import ALALightning
 from vfmxai.training.probe import fit_probe
 
@@ -95,17 +96,8 @@ def _precision(config: RunConfig) -> str:
     return LIGHTNING_PRECISION[resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")]
 
 
-def datasets_for(config: RunConfig, image_size: int) -> dict[str, Dataset]:
-    return {split: dataset_split(config, split, image_size) for split in ("train", "val")}
-
-
-def dataset_split(config: RunConfig, split: str, image_size: int) -> Dataset:
-    """One split of the configured dataset (the synthetic set's sizes come from `DataConfig`)."""
-    dc = config.data
-    return get_dataset(
-        dc.dataset, dc.root, split, image_size, seed=dc.seed,
-        n_train=dc.n_train, n_val=dc.n_val, n_test=dc.n_test, size=dc.synth_size,
-    )
+def datasets_for(config: RunConfig) -> dict[str, Dataset]:
+    return {split: dataset_split(config, split) for split in ("train", "val")}
 
 
 RESUMABLE_FIELDS = ("train.epochs", "train.num_workers")
@@ -144,7 +136,7 @@ def train(
     if config.classifier == "linear_probe":
         if resume:
             raise VfmxaiError("--resume: a linear probe fits in seconds and keeps no resume state; fit it again")
-        return fit_probe(config, run_dir, datasets_for(config, config.backbone.image_size))
+        return fit_probe(config, run_dir, datasets_for(config))
     if config.classifier not in CLASSIFIERS:
         raise VfmxaiError(f"classifier='{config.classifier}': choose one of {', '.join(CLASSIFIERS)}")
     if resume:
@@ -160,7 +152,7 @@ def train(
         raise VfmxaiError(f"train.select_by='{config.train.select_by}': choose one of {', '.join(SELECT_BY)}")
     flush_denormals()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    splits = datasets_for(config, config.backbone.image_size)
+    splits = datasets_for(config)
     num_classes = splits["train"].num_classes
     if resume and num_classes != config.model.num_classes:
         raise VfmxaiError(
@@ -178,7 +170,7 @@ def train(
     schedule: list[L.Callback] = [
         AlternatingEpochArchitect(config.train.aea),
         *(callbacks or []),
-        EpochLog(run_dir / "log.csv"),
+        EpochLog(run_dir / LOG),
         BestWeights(run_dir, SELECT_BY[config.train.select_by]),
     ]
     if config.train.patience > 0:

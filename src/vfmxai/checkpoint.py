@@ -1,16 +1,8 @@
-"""Run folders and safe checkpoints.
+"""Weight files read safely: a run's `model.safetensors` and Lightning's `last.ckpt`.
 
-A run folder (`vfmxai train --out RUN`) holds:
-- `config.json`: the resolved `RunConfig` (num_classes filled in);
-- `classes.txt`: one class name per line;
-- `model.safetensors`: the best weights by validation loss, trainable parts only (ALA, perception
-  branch, LoRA) — megabytes for CLIP ViT-B/16, never the frozen backbone again;
-- `last.ckpt`: Lightning's resume state (trainable weights, optimiser, loop counters), written at the
-  end of every epoch and loaded with `weights_only=True` (`load_resume_state`);
-- `log.csv`: loss and accuracy per epoch.
-A linear-probe run (`classifier = linear_probe`, `vfmxai.training.probe`) holds config, classes, the head's
-weights and log.csv.
-Weights are safetensors (no code can hide in them); the config is JSON.
+Weights are safetensors (no code can hide in them); `last.ckpt` is read with `torch.load(weights_only=True)`.
+Both must hold exactly the trainable weights of the model built from the run's config, every value finite.
+What a run folder holds and how it is loaded: `vfmxai.run_folder`.
 """
 
 from __future__ import annotations
@@ -21,29 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vfmxai.ala import ALAModel, build_model
-from vfmxai.backbones import load_backbone
+from vfmxai.ala import ALAModel
 from vfmxai.classifier import Classifier, LinearProbe
-from vfmxai.config import CLASSIFIERS, RunConfig
 from vfmxai.errors import VfmxaiError
-from vfmxai.io import atomic_write, atomic_write_text
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-CLASSES = "classes.txt"
-LAST = "last.ckpt"
-MAP_CHECK = "map_check.json"
-"""The trained map's health on the validation split (`vfmxai.ala.monitor.check_map`), written after training."""
-
-
-def build_classifier(config: RunConfig) -> Classifier:
-    """The untrained model a run's config describes: `ALAModel` or `LinearProbe` (`config.classifier`)."""
-    if config.classifier not in CLASSIFIERS:
-        raise VfmxaiError(f"classifier='{config.classifier}': choose one of {', '.join(CLASSIFIERS)}")
-    if config.classifier == "linear_probe":
-        backbone = load_backbone(config.backbone.name, config.backbone.image_size, seed=config.train.seed)
-        return LinearProbe(backbone.requires_grad_(False), config.model.num_classes)
-    return build_model(config)
+from vfmxai.io import atomic_write
 
 
 def save_weights(model: ALAModel | LinearProbe, path: str | Path) -> None:
@@ -128,25 +101,3 @@ def _unpickling_reason(err: pickle.UnpicklingError) -> str:
         if "GLOBAL" in line or line.startswith("Unsupported"):
             return line.rstrip(".")
     return lines[-1].rstrip(".") if lines else type(err).__name__
-
-
-def write_run_files(run_dir: Path, config: RunConfig, class_names: list[str]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG)
-    atomic_write_text(run_dir / CLASSES, "\n".join(class_names) + "\n")
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, RunConfig, list[str]]:
-    """The trained model of a run folder, in eval mode, with its config and class names."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VfmxaiError(f"--checkpoint {run_dir}: no such run folder")
-    if not (run_dir / WEIGHTS).is_file():
-        raise VfmxaiError(f"--checkpoint {run_dir}: no {WEIGHTS} (was training finished or started?)")
-    config = RunConfig.load(run_dir / CONFIG)
-    model = load_weights(build_classifier(config), run_dir / WEIGHTS)
-    classes_file = run_dir / CLASSES
-    class_names = classes_file.read_text().splitlines() if classes_file.is_file() else []
-    if len(class_names) != config.model.num_classes:
-        class_names = [str(i) for i in range(config.model.num_classes)]
-    return model.to(device).eval(), config, class_names
