@@ -42,7 +42,7 @@ class BackboneConfig:
 
 @dataclass
 class ALAConfig:
-    """The Attention Lattice Adapter and perception branch (DESIGN §3; paper Table 1 names in brackets)."""
+    """The Attention Lattice Adapter and perception branch (ALA paper §4.1-4.2; its Table 1 names in brackets)."""
 
     num_classes: int = 0
     """Filled in from the dataset when training starts."""

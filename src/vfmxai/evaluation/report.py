@@ -1,7 +1,8 @@
 """From per-image scores to the numbers of metrics.json, and those numbers as CSV and markdown tables.
 
 Table layout: the ALA paper's Table 2 (methods as rows; mIoU, Insertion, Deletion, ID Score), followed by
-the extra columns of DESIGN §4 (dataset-level mIoU, best-tau mIoU, pointing game, energy pointing game).
+the localisation scores the paper does not report (dataset-level mIoU, best-tau mIoU, pointing game, energy
+pointing game; docs/design-notes.md, Metrics).
 Values print with 3 decimals as the paper's, "mean ± std" where a spread over seeds exists; the best
 value of each column (highest, lowest for Deletion, compared as printed) is bold, ties all bold.
 """
@@ -20,7 +21,7 @@ import torch
 from vfmxai.metrics import best_tau_iou, dataset_iou
 
 METRICS = ("miou", "miou_dataset", "miou_best_tau", "insertion", "deletion", "id", "pointing_game", "energy_pg")
-"""The keys of each method's entry in metrics.json (DESIGN §6)."""
+"""The keys of each method's entry in metrics.json."""
 TABLE_COLUMNS = ("miou", "insertion", "deletion", "id", "miou_dataset", "miou_best_tau", "pointing_game", "energy_pg")
 PAIRED_METRICS = ("miou", "insertion", "deletion", "id", "pointing_game", "energy_pg")
 """The metrics with one score per image, hence a paired test between two methods."""

@@ -167,32 +167,8 @@ def train(
     write_run_files(run_dir, config, splits["train"].class_names)
 
     watch = InterruptWatch()
-    schedule: list[L.Callback] = [
-        AlternatingEpochArchitect(config.train.aea),
-        *(callbacks or []),
-        EpochLog(run_dir / LOG),
-        BestWeights(run_dir, SELECT_BY[config.train.select_by]),
-    ]
-    if config.train.patience > 0:
-        schedule.append(EarlyStopping("val_loss", patience=config.train.patience, mode="min"))
-    schedule += [ResumeCheckpoint(run_dir), watch]
     with _quiet_lightning():
-        trainer = L.Trainer(
-            max_epochs=config.train.epochs,
-            accelerator=config.train.accelerator,
-            devices=config.train.devices,
-            num_nodes=config.train.num_nodes,
-            strategy=_strategy(config),
-            precision=_precision(config),
-            callbacks=schedule,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            deterministic=True,
-            default_root_dir=str(run_dir),
-        )
+        trainer = _trainer(config, run_dir, [*(callbacks or []), EpochLog(run_dir / LOG)], watch, progress)
         module = ALALightning(model, config)
         sigint = signal.getsignal(signal.SIGINT)
         try:
@@ -216,6 +192,36 @@ def train(
         atomic_write_json(run_dir / MAP_CHECK, verdict.to_dict())
     return best
 
+
+def _trainer(
+    config: RunConfig, run_dir: Path, callbacks: list[L.Callback], watch: InterruptWatch, progress: bool
+) -> L.Trainer:
+    """Lightning's trainer with the schedule in order: AEA first (every later callback sees the epoch's
+    phase), `callbacks`, the weight selection, early stopping, the resume checkpoint, the interrupt watch."""
+    schedule: list[L.Callback] = [
+        AlternatingEpochArchitect(config.train.aea),
+        *callbacks,
+        BestWeights(run_dir, SELECT_BY[config.train.select_by]),
+    ]
+    if config.train.patience > 0:
+        schedule.append(EarlyStopping("val_loss", patience=config.train.patience, mode="min"))
+    schedule += [ResumeCheckpoint(run_dir), watch]
+    return L.Trainer(
+        max_epochs=config.train.epochs,
+        accelerator=config.train.accelerator,
+        devices=config.train.devices,
+        num_nodes=config.train.num_nodes,
+        strategy=_strategy(config),
+        precision=_precision(config),
+        callbacks=schedule,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        default_root_dir=str(run_dir),
+    )
 
 def check_trained_map(model: ALAModel, dataset: Dataset, config: RunConfig) -> MapCheck:
     """`check_map` on the best model's maps over the validation split (one forward pass per batch)."""
