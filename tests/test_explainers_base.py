@@ -87,3 +87,17 @@ def test_guided_bp_and_lrp_rewrite_the_same_modules():
         assert explainer.gated == activations
     with get("lrp", model) as explainer, explainer.rules():
         assert len(explainer._handles) == len(activations) + len(layer_norms)
+
+
+def test_each_method_names_itself_in_tables_and_figures() -> None:
+    """The names the paper's Table 2 and the README's tables print, read from each explainer class."""
+    from vfmxai import explainers
+    from vfmxai.vocabulary import METHODS
+
+    printed = {
+        "ala": "ALA (ours)", "gradcam": "Grad-CAM", "scorecam": "Score-CAM", "ig": "IG", "guided_bp": "Guided BP",
+        "lrp": "LRP", "rise": "RISE", "rollout": "Rollout", "transformer_attribution": "Transformer attribution",
+        "daam": "DAAM",
+    }
+    assert {m: explainers.display_name(m) for m in METHODS} == printed
+    assert explainers.display_name("not_a_method") == "not_a_method"

@@ -24,7 +24,6 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.report import (
     METRICS,
     PAIRED_METRICS,
-    display_name,
     per_image_scores,
     render_csv,
     render_markdown,
@@ -32,6 +31,7 @@ from vfmxai.evaluation.report import (
     rounded,
 )
 from vfmxai.evaluation.store import load_per_image
+from vfmxai.explainers import display_name
 from vfmxai.io import atomic_write_json, atomic_write_text
 from vfmxai.metrics import mean_std, paired_test
 

@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import Dataset
 
 from vfmxai import explainers
-from vfmxai.evaluation.report import display_name, per_image_scores, render_csv, render_markdown, rounded, summarise
+from vfmxai.evaluation.report import per_image_scores, render_csv, render_markdown, rounded, summarise
 from vfmxai.evaluation.settings import jsonable
 from vfmxai.evaluation.store import PerImage
+from vfmxai.explainers import display_name
 from vfmxai.io import atomic_write_json, atomic_write_text
 from vfmxai.viz.curves import save_insdel_curves
 from vfmxai.viz.grid import save_grid

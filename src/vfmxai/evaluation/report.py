@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vfmxai.explainers import display_name
 from vfmxai.metrics import best_tau_iou, dataset_iou
 
 METRICS = ("miou", "miou_dataset", "miou_best_tau", "insertion", "deletion", "id", "pointing_game", "energy_pg")
@@ -36,24 +37,8 @@ HEADERS = {
     "pointing_game": "Pointing game ↑",
     "energy_pg": "Energy PG ↑",
 }
-NAMES = {
-    "ala": "ALA (ours)",
-    "gradcam": "Grad-CAM",
-    "scorecam": "Score-CAM",
-    "ig": "IG",
-    "guided_bp": "Guided BP",
-    "lrp": "LRP",
-    "rise": "RISE",
-    "rollout": "Rollout",
-    "transformer_attribution": "Transformer attribution",
-    "daam": "DAAM",
-}
 DIGITS = 6
 """metrics.json rounds every score to 6 decimals: the same text on every run, whatever the summation order."""
-
-
-def display_name(method: str) -> str:
-    return NAMES.get(method, method)
 
 
 def rounded(value: float) -> float:

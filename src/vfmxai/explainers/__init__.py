@@ -4,6 +4,24 @@ Importing this package registers every method (each module registers its classes
 """
 
 from vfmxai.explainers import ala, attention, cam, daam, gradient, lrp, perturbation  # noqa: F401
-from vfmxai.explainers.base import Explainer, available, check_options, default_options, get, register, unit_range
+from vfmxai.explainers.base import (
+    Explainer,
+    available,
+    check_options,
+    default_options,
+    display_name,
+    get,
+    register,
+    unit_range,
+)
 
-__all__ = ["Explainer", "available", "check_options", "default_options", "get", "register", "unit_range"]
+__all__ = [
+    "Explainer",
+    "available",
+    "check_options",
+    "default_options",
+    "display_name",
+    "get",
+    "register",
+    "unit_range",
+]

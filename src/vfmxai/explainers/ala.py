@@ -12,6 +12,7 @@ from vfmxai.explainers.base import Explainer, register
 @register("ala")
 class ALAExplainer(Explainer):
     """The map is class-agnostic by construction (the adapter draws one map per image); targets are ignored."""
+    display_name = "ALA (ours)"
 
     unit_range = True
 

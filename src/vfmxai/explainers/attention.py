@@ -163,6 +163,7 @@ class AttentionRollout(Explainer):
     (first block multiplied in, 0-based, default 0). Map = the class token's rollout row over the patch
     tokens, on the patch grid.
     """
+    display_name = "Rollout"
 
     def __init__(self, classifier: Classifier, head_fusion: str = "mean", start_block: int = 0):
         super().__init__(classifier)
@@ -194,6 +195,7 @@ class TransformerAttribution(Explainer):
     the patch tokens (patch grid). The gradient is of the target logit. Option `start_block` (0-based
     first block included, default 0: all blocks, as the paper).
     """
+    display_name = "Transformer attribution"
 
     def __init__(self, classifier: Classifier, start_block: int = 0):
         super().__init__(classifier)

@@ -79,6 +79,12 @@ def check_options(name: str, options: dict[str, Any]) -> None:
             )
 
 
+def display_name(name: str) -> str:
+    """Method `name` as tables and figures show it: its class's `display_name`, else the key itself."""
+    cls = _REGISTRY.get(name)
+    return (cls.display_name if cls is not None else "") or name
+
+
 def unit_range(name: str) -> bool:
     """Whether method `name` declares raw maps on a fixed [0, 1] scale (`Explainer.unit_range`)."""
     return bool(_REGISTRY[name].unit_range) if name in _REGISTRY else False
@@ -93,6 +99,8 @@ def get(name: str, classifier: Classifier, **options: Any) -> Explainer:
 
 class Explainer:
     name: str = "base"
+    display_name: str = ""
+    """The method's name in tables and figures ("" = its registry key)."""
     unit_range: bool = False
     """True when `attribute` returns values on a fixed [0, 1] scale (ALA's sigmoid map), so a raw threshold
     means the same on every image."""

@@ -77,6 +77,7 @@ class GradCAM(Explainer):
     is the deepest state that carries the evidence. The choice is
     made per call from the gradient and is recorded in `self.last_layer`.
     """
+    display_name = "Grad-CAM"
 
     def __init__(self, classifier: Classifier, layer: int | None = None):
         super().__init__(classifier)
@@ -125,6 +126,7 @@ class ScoreCAM(Explainer):
     largest spatial variance of A_c (Faster Score-CAM's selection: a flat channel makes a flat, useless
     mask); None = all D channels. The masked images go through the model `batch_size` at a time.
     """
+    display_name = "Score-CAM"
 
     def __init__(self, classifier: Classifier, layer: int = -1, batch_size: int = 64, max_channels: int | None = None):
         super().__init__(classifier)

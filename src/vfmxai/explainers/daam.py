@@ -109,6 +109,7 @@ class DAAM(Explainer):
 
     `attribute` returns the map accumulated over all blocks (patch grid).
     """
+    display_name = "DAAM"
 
     def __init__(
         self,

@@ -48,6 +48,7 @@ class IntegratedGradients(Explainer):
     (a flat image of the image's own mean colour). The B x steps interpolated images go through the
     model `internal_batch_size` at a time.
     """
+    display_name = "IG"
 
     BASELINES = ("black", "blur", "mean")
     METHODS = ("gausslegendre", "riemann_trapezoid")
@@ -155,6 +156,7 @@ class GuidedBackprop(Explainer):
     only inside `attribute`): the output is routed through a function whose backward applies the rule.
     The modules themselves are never replaced.
     """
+    display_name = "Guided BP"
 
     def __init__(self, classifier: nn.Module, sign: str = "absolute"):
         super().__init__(classifier)

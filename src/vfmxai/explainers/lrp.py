@@ -123,6 +123,7 @@ class AttnLRP(Explainer):
 
     Options: `softmax_rule` (attnlrp|cp, default attnlrp), `level` (patch|pixel, default patch).
     """
+    display_name = "LRP"
 
     def __init__(self, classifier: Classifier, softmax_rule: str = "attnlrp", level: str = "patch"):
         super().__init__(classifier)

@@ -50,6 +50,7 @@ class RISE(Explainer):
     from a `torch.Generator` seeded by `seed` (never the global RNG), so the same seed gives the same
     map. The (image, mask) pairs go through the model `batch_size` at a time.
     """
+    display_name = "RISE"
 
     def __init__(
         self,
