@@ -14,6 +14,7 @@ from vfmxai.config import preset
 from vfmxai.data import SyntheticDataset
 from vfmxai.training import train
 
+pytestmark = pytest.mark.slow  # trains ALA on the demo's set: over a minute on a CPU
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -81,6 +81,7 @@ def test_checkpoint_holds_only_trainable_weights_and_reloads_identically(tmp_pat
     assert any("lora_" in k for k in keys)
 
 
+@pytest.mark.slow
 def test_full_size_clip_b16_at_384_trains_one_step_and_explains():
     torch.set_num_threads(2)
     config = preset("cub")

@@ -3,20 +3,16 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from run_fixtures import tiny_run_config
 
 from vfmxai.cli import main
-from vfmxai.training import train
 
 TINY = ["--backbone", "tiny", "--set", "backbone.image_size=32", "--set", "data.synth_size=32",
         "--set", "data.n_train=8", "--set", "data.n_val=4", "--set", "train.epochs=1", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    train(tiny_run_config(epochs=1), out, progress=False)
-    return out
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run
 
 
 def assert_one_line_error(capsys, code, *words):

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from run_fixtures import tiny_run_config
 from torch.utils.data import Subset
 
 import vfmxai.training
@@ -47,8 +46,7 @@ from vfmxai.metrics import (
     mean_iou,
     pointing_game,
 )
-from vfmxai.run_folder import WEIGHTS, Recipe, dataset_split, write_run_files
-from vfmxai.training import train
+from vfmxai.run_folder import WEIGHTS, Recipe, dataset_split, load_run, write_run_files
 from vfmxai.viz import grid_size
 
 STEPS = 4
@@ -87,13 +85,10 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(base, "_REGISTRY", {"ala": CountingALA, "brightness": Brightness})
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory):
-    torch.set_num_threads(1)
-    config = tiny_run_config(epochs=1)
-    run_dir = tmp_path_factory.mktemp("run") / "run"
-    model = train(config, run_dir, progress=False)
-    return model, config, dataset_split(config, "test"), run_dir
+@pytest.fixture
+def run(trained_run: Path):
+    model, config, _ = load_run(trained_run)
+    return model, config, dataset_split(config, "test"), trained_run
 
 
 SETTING_FIELDS = {f.name for f in dataclasses.fields(EvaluationSettings)}

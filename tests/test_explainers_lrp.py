@@ -173,6 +173,7 @@ def test_identity_rule_gain_near_zero_is_the_activations_limit():
         torch.testing.assert_close(gain[3:], (activation(x) / x).detach()[3:])
 
 
+@pytest.mark.slow
 def test_cp_rule_conserves_on_the_full_size_clip_b16():
     """The same budget on the full ViT-B/16 architecture (random weights, 224 px, float64): with every bias-like
     constant zeroed, the input relevance sums to the target logit (rtol 1e-8); in float32 the relevance agrees

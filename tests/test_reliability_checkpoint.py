@@ -30,17 +30,10 @@ class PlantsMarker:
         return os.system, (f"touch '{self.marker}'",)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("ckpt") / "run"
-    train(tiny_run_config(epochs=1), run, progress=False)
-    return run
-
-
 @pytest.fixture
-def run(trained, tmp_path) -> Path:
+def run(trained_run, tmp_path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
+    shutil.copytree(trained_run, copy)
     return copy
 
 

@@ -8,20 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from run_fixtures import tiny_run_config
 
 from vfmxai.cli import main
 from vfmxai.data import load_image
 from vfmxai.explain import PREFILTER, model_input
-from vfmxai.training import train
 from vfmxai.viz.overlay import overlay
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("explain") / "run"
-    train(tiny_run_config(epochs=1), out, progress=False)
-    return out
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run
 
 
 def _explain(run_dir, image_path, out) -> int:

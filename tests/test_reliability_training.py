@@ -127,6 +127,7 @@ train(tiny_run_config(epochs={epochs}), {out!r}, progress=False, callbacks=[Stal
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_unbroken_weights(unbroken, tmp_path):
     run, marker = tmp_path / "run", tmp_path / "in-epoch-2"
     code = CHILD.format(tests=str(TESTS), threads=torch.get_num_threads(), marker=str(marker), epochs=EPOCHS,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from run_fixtures import tiny_run_config
 from safetensors.torch import load_file
@@ -49,6 +50,7 @@ def _log(run: Path) -> list[list[str]]:
     return [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:]]
 
 
+@pytest.mark.slow
 def test_two_ranks_step_like_one_process_with_their_joint_batch_and_resume(tmp_path: Path) -> None:
     single = tmp_path / "single"
     train(_config(batch_size=16, epochs=1), single, progress=False)
@@ -118,6 +120,7 @@ def _snapshots(tmp_path: Path, name: str, devices: str, batch_size: int) -> Path
     return folder
 
 
+@pytest.mark.slow
 def test_aea_under_ddp_freezes_the_adapter_bit_for_bit_in_even_epochs(tmp_path: Path) -> None:
     """Three epochs in one DDP process group (AEA freezes the adapter from epoch 2 on, unfreezes it in epoch 3):
     no crash, the adapter's weights after the even epoch equal those after epoch 1 bit for bit on both ranks

@@ -19,9 +19,12 @@ from vfmxai.explainers import get
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 DINOV2, PETS = ASSETS / "dinov2-small", ASSETS / "pets"
-pytestmark = pytest.mark.skipif(
-    not (DINOV2 / "model.safetensors").is_file(), reason=f"real DINOv2-S/14 weights not found at {DINOV2}"
-)
+pytestmark = [
+    pytest.mark.slow,  # the real 22M-parameter model: every method on real photographs
+    pytest.mark.skipif(
+        not (DINOV2 / "model.safetensors").is_file(), reason=f"real DINOv2-S/14 weights not found at {DINOV2}"
+    ),
+]
 SIZE = 112
 """8 x 8 patches of 14 px: the real weights at a size every method runs in seconds on a CPU."""
 
