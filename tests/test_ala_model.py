@@ -210,8 +210,20 @@ def test_mean_gate_norm_divides_alpha_by_its_grid_mean_and_leaves_ones():
     model = _tiny_model(gate_norm="mean")
     alpha = torch.rand(2, 1, 4, 4) + 0.1
     torch.testing.assert_close(model.h_ala(alpha), alpha / alpha.mean(dim=(2, 3), keepdim=True))
-    model.use_map = False
-    assert torch.equal(model.h_ala(alpha), torch.ones_like(alpha))
+    assert torch.equal(model.h_ala(alpha, map_on=False), torch.ones_like(alpha))
+
+
+def test_a_pass_with_map_on_ignores_aea_even_epoch_switch():
+    """Validation scores the model with its map in every epoch without touching AEA's `use_map`."""
+    model = _tiny_model().eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        with_map = model.forward_all(images)
+        model.use_map = False
+        ones = model.forward_all(images)
+        forced = model.forward_all(images, map_on=True)
+    assert model.use_map is False
+    assert torch.equal(forced.logits, with_map.logits) and not torch.equal(ones.logits, with_map.logits)
 
 
 @pytest.mark.parametrize("padding, flat", [("replicate", True), ("zeros", False)])

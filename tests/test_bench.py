@@ -11,15 +11,16 @@ import torch
 from vfmxai.ala import build_model
 from vfmxai.backbones import load_backbone
 from vfmxai.backbones.lora import merged_lora
-from vfmxai.bench import backbone_flops, bench_config, run_bench, vit_flops
+from vfmxai.bench import BenchSettings, backbone_flops, bench_config, run_bench, vit_flops
 from vfmxai.errors import VfmxaiError
 
 
 def test_bench_json_has_the_design_shape_and_ratios(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    result = run_bench(
-        tmp_path, backbone="tiny", batch_size=2, repeats=1, warmup=0, methods=("ala", "rise"),
+    settings = BenchSettings(
+        backbone="tiny", batch_size=2, repeats=1, warmup=0, methods=("ala", "rise"),
         method_options={"rise": {"n_masks": 4}}, insdel_steps=3, clock="cpu",
     )
+    result = run_bench(tmp_path, settings)
     assert json.loads((tmp_path / "bench.json").read_text()) == result
     assert {"device", "backbone", "batch_size", "reference", "rows"} <= set(result)
     assert (result["backbone"], result["batch_size"], result["image_size"], result["clock"]) == ("tiny", 2, 32, "cpu")
@@ -91,15 +92,15 @@ def _key(model: torch.nn.Module, layer: torch.nn.Module) -> str:
 
 def test_bad_options_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(VfmxaiError, match="--batch-size"):
-        run_bench(tmp_path, backbone="tiny", batch_size=0)
+        run_bench(tmp_path, BenchSettings(backbone="tiny", batch_size=0))
     with pytest.raises(VfmxaiError, match="--methods: unknown method"):
-        run_bench(tmp_path, backbone="tiny", methods=("nope",))
-    with pytest.raises(VfmxaiError, match="method_options for 'rise'"):
-        run_bench(tmp_path, backbone="tiny", methods=("rise",), method_options={"rise": {"bogus": 1}})
+        run_bench(tmp_path, BenchSettings(backbone="tiny", methods=("nope",)))
+    with pytest.raises(VfmxaiError, match="method 'rise': unknown option 'bogus'"):
+        BenchSettings(backbone="tiny", methods=("rise",), method_options={"rise": {"bogus": 1}})
     with pytest.raises(VfmxaiError, match="--clock"):
-        run_bench(tmp_path, backbone="tiny", clock="sundial")
+        run_bench(tmp_path, BenchSettings(backbone="tiny", clock="sundial"))
     with pytest.raises(VfmxaiError, match="--train"):
-        run_bench(tmp_path, backbone="tiny", train=("sgd",))
+        run_bench(tmp_path, BenchSettings(backbone="tiny", train=("sgd",)))
 
 
 def test_cli_bench_picks_train_rows_and_rejects_unknown_ones(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

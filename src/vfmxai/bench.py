@@ -13,7 +13,7 @@ Everything is measured in one run, on the same random images (B, 3, S, S) and ta
 - `train_step:lora_ala` (LoRA + ALA + perception branch trainable, as training) and
   `train_step:full_finetune` (no LoRA, every backbone weight trainable, same adapter and heads): forward,
   loss, backward and one AdamW step (no augmentation: that is data work, not model work); images per second.
-`ratio` = the row's images (or model passes) per second / the reference forward's (DESIGN §6).
+`ratio` = the row's images (or model passes) per second / the reference forward's.
 `ala_parts`: the former, f1 and the perception branch timed alone (same rounds and clock), each as a
 share of the ALA model's backbone pass: the adapter's overhead, read without subtracting two noisy timings.
 The explained model runs as `evaluate` runs it: eval mode, LoRA folded into the backbone's weights
@@ -64,7 +64,8 @@ from vfmxai.config import RunConfig, preset
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json, atomic_write_text
 from vfmxai.metrics import insertion_deletion
-from vfmxai.runtime import autocast, resolve_precision
+from vfmxai.runtime import autocast, default_device, resolve_precision
+from vfmxai.training.module import adamw
 from vfmxai.vocabulary import METHODS
 
 DEFAULT_METHODS = METHODS
@@ -136,34 +137,56 @@ class _Task:
     peak_mb: float = 0.0
 
 
+@dataclass(frozen=True)
+class BenchSettings:
+    """What `bench` measures and how (the command's flags). `image_size` None: the backbone's native size;
+    `method_options` update `default_method_options`; `insdel_steps=0` skips the insdel row; `train` picks the
+    train-step rows (`TRAIN_TASKS`); `device` None: `vfmxai.runtime.default_device`; `clock`: `CLOCKS`."""
+
+    backbone: str = "default"
+    image_size: int | None = None
+    batch_size: int = 8
+    repeats: int = 5
+    warmup: int = 1
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    insdel_steps: int = 20
+    train: tuple[str, ...] = TRAIN_TASKS
+    device: str | None = None
+    seed: int = 0
+    clock: str = "wall"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "train", tuple(self.train))
+        object.__setattr__(self, "method_options", {k: dict(v) for k, v in self.method_options.items()})
+        _check_args(self.batch_size, self.repeats, self.warmup, self.insdel_steps, self.methods, self.train)
+        for name, options in self.method_options.items():
+            explainers.check_options(name, options)
+        if self.clock not in CLOCKS:
+            raise VfmxaiError(f"--clock {self.clock}: use wall, or cpu on a CPU device")
+
+
 def run_bench(
     out: str | Path | None = None,
-    backbone: str = "default",
-    image_size: int | None = None,
-    batch_size: int = 8,
-    repeats: int = 5,
-    warmup: int = 1,
-    methods: Sequence[str] = DEFAULT_METHODS,
-    method_options: Mapping[str, Mapping[str, Any]] | None = None,
-    insdel_steps: int = 20,
-    train: Sequence[str] = TRAIN_TASKS,
-    device: str | None = None,
+    settings: BenchSettings | None = None,
+    *,
     config: RunConfig | None = None,
-    seed: int = 0,
-    clock: str = "wall",
     echo: bool = True,
-    precision: str = "auto",
 ) -> dict[str, Any]:
     """Measure every task (module docstring), write `out/bench.json` and `out/bench.md` (when `out` is given),
     print the table (when `echo`), return bench.json's content.
 
-    `image_size` None: the backbone's native size. `method_options` update `default_method_options`.
-    `insdel_steps=0` skips the insdel row; `train` picks the train-step rows (`lora_ala`, `full_finetune`).
     `config`: the ALA model to build (default `bench_config`); its backbone name and size are overridden.
     """
-    _check_args(batch_size, repeats, warmup, insdel_steps, methods, train)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if clock not in CLOCKS or (clock == "cpu" and dev.type != "cpu"):
+    settings = settings or BenchSettings()
+    backbone, image_size, batch_size = settings.backbone, settings.image_size, settings.batch_size
+    repeats, warmup, insdel_steps, seed = settings.repeats, settings.warmup, settings.insdel_steps, settings.seed
+    methods, train, clock, precision = settings.methods, settings.train, settings.clock, settings.precision
+    method_options = settings.method_options
+    dev = torch.device(settings.device or default_device())
+    if clock == "cpu" and dev.type != "cpu":
         raise VfmxaiError(f"--clock {clock}: use wall, or cpu on a CPU device")
     resolved = resolve_precision(precision, dev)
     reference = load_backbone(backbone, image_size, seed=seed).to(dev).eval()
@@ -281,9 +304,7 @@ def _train_model(model: ALAModel, config: RunConfig, full: bool, seed: int) -> A
 
 
 def _train_step(model: ALAModel, config: RunConfig, images: Tensor, targets: Tensor) -> Callable[[], object]:
-    tc = config.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.train)
 
     def step() -> object:
         optimizer.zero_grad(set_to_none=True)

@@ -269,13 +269,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from vfmxai.bench import DEFAULT_METHODS, run_bench
+    from vfmxai.bench import DEFAULT_METHODS, BenchSettings, run_bench
 
-    run_bench(
-        args.out, args.backbone, args.image_size, args.batch_size, args.repeats, args.warmup,
-        methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps, device=args.device,
-        clock=args.clock, train=[t for t in args.train if t != "none"], precision=args.precision,
+    settings = BenchSettings(
+        backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size, repeats=args.repeats,
+        warmup=args.warmup, methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps,
+        train=tuple(t for t in args.train if t != "none"), device=args.device, clock=args.clock,
+        precision=args.precision,
     )
+    run_bench(args.out, settings)
     return 0
 
 

@@ -184,18 +184,20 @@ class ALAModel(Classifier):
                 nn.init.zeros_(head.fc.weight)
                 nn.init.zeros_(head.fc.bias)
         self.use_map = True
-        """AEA's switch: False replaces the map by all-ones before the perception branch."""
+        """AEA's switch, set by the `AlternatingEpochArchitect` callback alone: False replaces the map by
+        all-ones before the perception branch."""
 
     def adapter_modules(self) -> list[nn.Module]:
         """Every ALA part (former, f1, f2): what AEA freezes in even epochs."""
         return [self.former, self.map_features, self.map_out, self.ala_head]
 
-    def forward_all(self, images: Tensor, ala_logits: bool = True) -> ALAOutput:
+    def forward_all(self, images: Tensor, ala_logits: bool = True, map_on: bool | None = None) -> ALAOutput:
         """Every output of one pass; `ala_logits=False` skips f2, which only the loss reads (prediction and
-        explanation leave it out)."""
+        explanation leave it out). `map_on` overrides AEA's `use_map` for this pass (validation scores the
+        model with its map in every epoch)."""
         states = self.backbone.hidden_states(images)
         features, alpha = self.attention_map(self.lattice(images, states))
-        gate = self.h_ala(alpha)
+        gate = self.h_ala(alpha, self.use_map if map_on is None else map_on)
         logits = self.perception(self.gated_last(states, gate))
         logits_ala = None
         if ala_logits:
@@ -217,10 +219,10 @@ class ALAModel(Classifier):
             logits = (logits - mean) / (std + 1e-5)
         return features, torch.sigmoid(logits)
 
-    def h_ala(self, alpha: Tensor) -> Tensor:
+    def h_ala(self, alpha: Tensor, map_on: bool = True) -> Tensor:
         """h_ALA (paper Eq. 3): alpha (over its grid mean with `model.gate_norm=mean`), or all-ones in AEA's even
-        epochs."""
-        if not self.use_map:
+        epochs (`map_on=False`)."""
+        if not map_on:
             return torch.ones_like(alpha)
         if self.config.gate_norm == "mean":
             return alpha / alpha.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)

@@ -65,9 +65,9 @@ from vfmxai.vocabulary import METHODS
 def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[list[str], dict[str, str]]:
     """(methods to run, {method: why it cannot run}) for `methods` = "all", "m1,m2" or a list.
 
-    "all" = the DESIGN's ten keys plus any other registered method. A DESIGN key that is not registered
-    (not built, or not imported) and `ala` on a model without `explain` are reported missing, never
-    replaced; a name that is neither a DESIGN key nor registered is a typo and an error.
+    "all" = the ten keys of `vocabulary.METHODS` plus any other registered method. One of the ten that is not
+    registered (not built, or not imported) and `ala` on a model without `explain` are reported missing, never
+    replaced; a name that is neither one of the ten nor registered is a typo and an error.
     """
     registered = explainers.available()
     if isinstance(methods, str):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import lightning as L
 import torch
 
 from vfmxai.ala import ALAModel
 from vfmxai.ala.monitor import localisation_statistics, map_statistics
-from vfmxai.config import RunConfig
+from vfmxai.config import RunConfig, TrainConfig
 from vfmxai.data import augment
+
+
+def adamw(parameters: Iterable[torch.nn.Parameter], train: TrainConfig) -> torch.optim.AdamW:
+    """The optimiser of every ALA training (and of `bench`'s train-step rows): AdamW with `train`'s lr,
+    betas and weight decay."""
+    return torch.optim.AdamW(parameters, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
 
 
 class ALALightning(L.LightningModule):
@@ -36,7 +44,7 @@ class ALALightning(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.model.forward_all(batch["image"])
+        out = self.model.forward_all(batch["image"], map_on=True)
         loss = self.model.loss(out, batch["label"])
         acc = (out.logits.argmax(1) == batch["label"]).float().mean()
         self._log_epoch("val", loss, acc, len(batch["image"]))
@@ -64,19 +72,9 @@ class ALALightning(L.LightningModule):
                 sync_dist=True,
             )
 
-    def on_validation_epoch_start(self) -> None:
-        self._map_during_training = self.model.use_map
-        self.model.use_map = True
-
-    def on_validation_epoch_end(self) -> None:
-        self.model.use_map = self._map_during_training
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over every trainable part; AEA toggles `requires_grad`, and AdamW skips params whose grad is None."""
-        tc = self.config.train
-        return torch.optim.AdamW(
-            self.model.trainable_parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay
-        )
+        return adamw(self.model.trainable_parameters(), self.config.train)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
