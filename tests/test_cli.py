@@ -111,3 +111,47 @@ def test_a_bad_method_option_is_one_line_before_any_output(run_dir, tmp_path, ca
                  "--methods", "rise,ig", "--steps", "1", "--no-progress", "--out", str(out), "--method-option", option])
     assert_one_line_error(capsys, code, *words)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--set", "backbone.lora=maybe"], "backbone.lora='maybe': expected true or false"),
+        (["--set", "train.aea=perhaps"], "train.aea='perhaps'"),
+        (["--set", "train.epochs=abc"], "train.epochs='abc': expected an integer"),
+        (["--set", "train.epochs=0"], "train.epochs=0: must be >= 1"),
+        (["--set", "train.lr=NaN"], "train.lr=nan"),
+        (["--set", "train.batch_size=0"], "train.batch_size=0"),
+        (["--set", "backbone.lora_rank=0"], "backbone.lora_rank=0"),
+        (["--set", "model.heads=3"], "model.heads=3: must divide model.dim"),
+        (["--set", "train.betas=[2,3]"], "train.betas"),
+        (["--set", "train.precision=bf16-mixed"], "choose one of auto, bf16, fp32"),
+        (["--devices", "banana"], "train.devices='banana'"),
+        (["--num-nodes", "-1"], "train.num_nodes=-1"),
+        (["--seed", "-5"], "train.seed=-5"),
+        (["--set", "train=5"], "'train' is a section"),
+    ],
+)
+def test_a_bad_training_value_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, extra, words):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "synthetic", "--out", str(out), *TINY, *extra])
+    assert_one_line_error(capsys, code, words)
+    assert not out.exists()
+
+
+def test_a_bad_reproduce_override_is_refused_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "repro"
+    code = main(["reproduce", "--preset", "toy", "--dataset", "synthetic", "--seeds", "1", "--out", str(out),
+                 "--set", "train.lr=abc"])
+    assert_one_line_error(capsys, code, "train.lr='abc': expected a finite number")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_evaluate_with_devices_runs_worker_processes_and_matches_one_process(run_dir, tmp_path, capsys):
+    """`evaluate --devices 2` through the command line (it once failed for every N)."""
+    common = ["evaluate", "--checkpoint", str(run_dir), "--dataset", "synthetic", "--methods", "ala", "--steps", "2",
+              "--batch-size", "4", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--devices", "2", "--out", str(tmp_path / "two")]) == 0
+    assert (tmp_path / "two" / "metrics.json").read_bytes() == (tmp_path / "one" / "metrics.json").read_bytes()

@@ -7,6 +7,7 @@ so the expected numbers can be computed here directly with `vfmxai.metrics`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -377,3 +378,16 @@ def test_reproduce_with_real_training(registry, tmp_path: Path) -> None:
     assert (config["train"]["seed"], config["data"]["seed"]) == (5, 3)
     assert (tmp_path / "seed5" / "trained.json").is_file()
     assert result["n_images"] == 6 and result["methods"]["ala"]["miou_std"] == 0.0
+
+
+def test_per_image_csv_names_the_image_and_the_id_score_apart(run, registry, tmp_path: Path) -> None:
+    model, config, dataset, _ = run
+    metrics = _evaluate(model, dataset, tmp_path, methods=["brightness"])
+    rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
+    header = (tmp_path / "per_image.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)) and header[0] == "image_id"
+    assert [r["image_id"] for r in rows] == [dataset[i]["id"] for i in range(len(dataset))]
+    scores = np.array([float(r["id_score"]) for r in rows])
+    ins, dele = (np.array([float(r[k]) for r in rows]) for k in ("insertion", "deletion"))
+    np.testing.assert_allclose(scores, ins - dele, atol=2e-6)
+    assert scores.mean() == pytest.approx(metrics["methods"]["brightness"]["id"], abs=1e-5)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.vocabulary import SYNTHETIC_SIZE, SYNTHETIC_SPLITS
+from vfmxai.vocabulary import DATASETS, PRECISIONS, SYNTHETIC_SIZE, SYNTHETIC_SPLITS
 
 
 @dataclass
@@ -123,10 +126,11 @@ class TrainConfig:
     num_workers: int | None = None
     """Data-loading processes per training process; None: 0 on a CPU, up to 8 on a GPU (`data.loader_workers`)."""
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: int | str = "auto"
+    """Lightning's devices: a count, or `auto`."""
     num_nodes: int = 1
     precision: str = "auto"
-    """`auto`: bf16 autocast on GPU, fp32 on CPU."""
+    """`auto`: bf16 autocast on GPU, fp32 on CPU; or `bf16`, `fp32` (`vocabulary.PRECISIONS`)."""
 
 
 @dataclass
@@ -178,22 +182,138 @@ class RunConfig:
             raise VfmxaiError(f"{path}: config not found") from None
         except json.JSONDecodeError as err:
             raise VfmxaiError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
-        return _from_dict(cls, data, str(path))
+        try:
+            return check_config(_from_dict(cls, data, ""))
+        except VfmxaiError as err:
+            raise VfmxaiError(f"{path}: {err}") from None
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
-        raise VfmxaiError(f"{where}: expected an object for {cls.__name__}")
+        raise VfmxaiError(f"{where or 'config'}: expected an object for {cls.__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise VfmxaiError(f"{where}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        raise VfmxaiError(f"{where or 'config'}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        kwargs[name] = _from_dict(hint, value, f"{where}.{name}") if dataclasses.is_dataclass(hint) else value
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _from_dict(hint, value, key) if dataclasses.is_dataclass(hint) else typed(hint, value, key)
     return cls(**kwargs)
+
+
+def typed(hint: Any, value: Any, key: str) -> Any:
+    """`value` as a value of the annotation `hint` (bool, int, float, str, list[...], unions with None), or a
+    one-line error naming `key`. A bool is never an int here, and an int is a float; `true`/`false` in any
+    case (the Python spelling `False` included) are bools."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return typed(option, value, key)
+            except VfmxaiError as err:
+                errors.append(str(err))
+        raise VfmxaiError(errors[-1] if len(errors) == 1 else f"{key}={value!r}: expected {_describe(hint)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise VfmxaiError(f"{key}={value!r}: expected a list of {_describe(args[0])}, e.g. [1, 2]")
+        return [typed(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise VfmxaiError(f"{key}={value!r}: expected {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(args[0])}"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "text",
+            type(None): "null"}.get(hint, str(hint))
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _choice(options: Sequence[str]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"choose one of {', '.join(options)}"
+
+
+RULES: dict[str, Callable[[Any], str | None]] = {
+    "backbone.image_size": _at_least(8),
+    "backbone.lora_rank": _at_least(1),
+    "backbone.lora_alpha": lambda v: None if v > 0 else "must be > 0",
+    "backbone.lora_dropout": lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+    "model.num_classes": _at_least(0),
+    "model.patch_size": _at_least(1),
+    "model.dim": _at_least(1),
+    "model.depth": _at_least(1),
+    "model.heads": _at_least(1),
+    "model.mlp_ratio": lambda v: None if v > 0 else "must be > 0",
+    "model.n_inject": _at_least(0),
+    "model.map_channels": _at_least(1),
+    "model.pb_channels": _at_least(1),
+    "model.lambda_ala": _at_least(0),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.lr": lambda v: None if v > 0 else "must be > 0",
+    "train.betas": lambda v: None if len(v) == 2 and all(0 <= b < 1 for b in v) else "must be two numbers in [0, 1)",
+    "train.weight_decay": _at_least(0),
+    "train.patience": _at_least(0),
+    "train.crop_scale": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "train.seed": _at_least(0),
+    "train.num_workers": lambda v: None if v is None or v >= 0 else "must be >= 0",
+    "train.devices": lambda v: None if v == "auto" or str(v).isdigit() and int(v) >= 1 else "must be >= 1 or auto",
+    "train.num_nodes": _at_least(1),
+    "train.precision": _choice(PRECISIONS),
+    "data.dataset": _choice(DATASETS),
+    "data.seed": _at_least(0),
+    "data.n_train": _at_least(0),
+    "data.n_val": _at_least(0),
+    "data.n_test": _at_least(0),
+    "data.synth_size": lambda v: None if 8 <= v <= 4096 else "must be in [8, 4096]",
+}
+"""Ranges and choices of single fields, checked with the types by `RunConfig.validate`."""
+
+
+def check_config(config: RunConfig) -> RunConfig:
+    """Every field of the right type and in range, and the width divisible by the heads; else one line
+    naming the key, the value and what is allowed."""
+    hints = {section.name: typing.get_type_hints(type(getattr(config, section.name)))
+             for section in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, section.name))}
+    for section, fields in hints.items():
+        part = getattr(config, section)
+        for name, hint in fields.items():
+            key = f"{section}.{name}"
+            value = typed(hint, getattr(part, name), key)
+            setattr(part, name, value)
+            problem = RULES[key](value) if key in RULES else None
+            if problem:
+                raise VfmxaiError(f"{key}={value!r}: {problem}")
+    if config.model.dim % config.model.heads:
+        raise VfmxaiError(
+            f"model.heads={config.model.heads}: must divide model.dim={config.model.dim} (each head takes dim/heads)"
+        )
+    return config
 
 
 PRESETS = ("toy", "cub", "imagenet_s", "probe")
@@ -241,8 +361,18 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        if isinstance(value, int | float) and not isinstance(value, bool) and _is_text(config, key.strip()):
+            value = raw  # a name such as backbone.name=123 stays the text typed
         set_field(config, key.strip(), value, f"--set {item}")
     return config
+
+
+def _is_text(config: RunConfig, key: str) -> bool:
+    *path, leaf = key.split(".")
+    target: Any = config
+    for part in path:
+        target = getattr(target, part, None)
+    return dataclasses.is_dataclass(target) and typing.get_type_hints(type(target)).get(leaf) in (str, str | None)
 
 
 def set_field(config: RunConfig, key: str, value: Any, origin: str | None = None) -> None:
@@ -257,4 +387,8 @@ def set_field(config: RunConfig, key: str, value: Any, origin: str | None = None
         target = getattr(target, part)
     if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
         raise VfmxaiError(f"{origin}: unknown field '{key}'")
-    setattr(target, leaf, value)
+    hint = typing.get_type_hints(type(target))[leaf]
+    if dataclasses.is_dataclass(hint):
+        example = f"{key}.{dataclasses.fields(hint)[0].name}"
+        raise VfmxaiError(f"{origin}: '{key}' is a section; set one of its fields, e.g. {example}=...")
+    setattr(target, leaf, typed(hint, value, key))

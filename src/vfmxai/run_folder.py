@@ -27,7 +27,7 @@ from vfmxai.ala import build_model
 from vfmxai.backbones import load_backbone
 from vfmxai.checkpoint import load_weights
 from vfmxai.classifier import Classifier, LinearProbe
-from vfmxai.config import CLASSIFIERS, RunConfig, apply_overrides, preset, set_field
+from vfmxai.config import CLASSIFIERS, RunConfig, apply_overrides, check_config, preset, set_field
 from vfmxai.data import get_dataset
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_text
@@ -68,7 +68,7 @@ class Recipe:
         apply_overrides(config, list(self.overrides))
         if seed is not None:
             config.train.seed = int(seed)
-        return config
+        return check_config(config)
 
 
 def dataset_split(config: RunConfig, split: str) -> Dataset:

@@ -94,11 +94,19 @@ def write_outputs(
         save_grid(images, [(display_name(m), results.grid_maps[m][:n_grid]) for m in names], out / "grid.png")
 
 
+PER_IMAGE_COLUMNS = {
+    "miou": "miou", "insertion": "insertion", "deletion": "deletion", "id": "id_score",
+    "pointing_game": "pointing_game", "energy_pg": "energy_pg",
+}
+"""per_image.csv's score columns: {score: column}; the ID score is `id_score` there, since `image_id` names the
+image (one `id` column for both would let `csv.DictReader` return the score for the image)."""
+
+
 def per_image_csv(results: PerImage, names: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    metrics = ("miou", "insertion", "deletion", "id", "pointing_game", "energy_pg")
-    writer.writerow(["id", "label", "predicted", "method", *metrics])
+    metrics = tuple(PER_IMAGE_COLUMNS)
+    writer.writerow(["image_id", "label", "predicted", "method", *PER_IMAGE_COLUMNS.values()])
     for method in names:
         scores = per_image_scores(results.methods[method])
         for i, image_id in enumerate(results.ids):

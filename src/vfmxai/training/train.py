@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vfmxai.ala import ALAModel, build_model
 from vfmxai.ala.monitor import MapCheck, check_map
 from vfmxai.checkpoint import load_resume_state
-from vfmxai.config import CLASSIFIERS, RunConfig
+from vfmxai.config import CLASSIFIERS, RunConfig, check_config
 from vfmxai.data import collate, loader_workers
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json
@@ -92,7 +92,7 @@ def _strategy(config: RunConfig) -> str:
 def _precision(config: RunConfig) -> str:
     """`train.precision` as Lightning names it; `auto` by the same rule as explaining and evaluating."""
     if config.train.precision != "auto":
-        return config.train.precision
+        return LIGHTNING_PRECISION[config.train.precision]
     return LIGHTNING_PRECISION[resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")]
 
 
@@ -133,6 +133,7 @@ def train(
     """
     run_dir = Path(out)
     last = run_dir / LAST
+    check_config(config)
     if config.classifier == "linear_probe":
         if resume:
             raise VfmxaiError("--resume: a linear probe fits in seconds and keeps no resume state; fit it again")
