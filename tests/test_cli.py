@@ -155,3 +155,22 @@ def test_evaluate_with_devices_runs_worker_processes_and_matches_one_process(run
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     assert main([*common, "--devices", "2", "--out", str(tmp_path / "two")]) == 0
     assert (tmp_path / "two" / "metrics.json").read_bytes() == (tmp_path / "one" / "metrics.json").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--devices", "0"], "--devices must be a positive integer, got 0"),
+        (["--shard", "0/2", "--devices", "2"], "--shard and --devices: choose one"),
+        (["--shard", "2/2"], "--shard 2/2"),
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--threshold", "1.5"], "--threshold must be in [0, 1], got 1.5"),
+        (["--method-option", "rise.n_masks=abc"], "option n_masks='abc' must be of type int"),
+    ],
+)
+def test_a_bad_evaluation_flag_is_one_line_before_the_run_is_loaded(tmp_path, capsys, extra, words):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "no-run"), "--dataset", "synthetic", "--out", str(out),
+                 *extra])
+    assert_one_line_error(capsys, code, words)
+    assert not out.exists()

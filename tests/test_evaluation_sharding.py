@@ -114,3 +114,4 @@ def test_a_user_error_in_a_worker_is_a_user_error(tiny, tmp_path: Path) -> None:
             Source(run_dir, "folder", tmp_path / "no-such-folder"), METHODS, tmp_path / "out", SETTINGS,
             parallel=Processes(2, threads=1, start_method="fork"), progress=False,
         )
+    assert not (tmp_path / "out").exists()

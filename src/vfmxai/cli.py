@@ -255,8 +255,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from vfmxai.evaluation.sharding import parse_shard
 
     _need_root(args)
+    if args.shard and args.devices is not None:
+        raise VfmxaiError("--shard and --devices: choose one (a shard of a job, or N local worker processes)")
     settings = _evaluation_settings(args)
-    parallel = parse_shard(args.shard) if args.shard else Processes(args.devices) if args.devices else None
+    parallel = parse_shard(args.shard) if args.shard else None if args.devices is None else Processes(args.devices)
     source = Source(args.checkpoint, args.dataset, args.root, args.split)
     result = evaluate_run(
         source, args.methods, args.out, settings, parallel=parallel, device=args.device, progress=not args.no_progress

@@ -57,6 +57,7 @@ def _evaluate_in_processes(
     processes: Processes,
     progress: bool,
 ) -> dict[str, Any]:
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     threads = processes.threads or max(1, torch.get_num_threads() // processes.devices)
     rendezvous = out / f".rendezvous-{time.time_ns()}"
@@ -72,6 +73,8 @@ def _evaluate_in_processes(
         raise VfmxaiError(user_error[-1]) from None
     finally:
         rendezvous.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed start leaves no empty folder behind
     return json.loads((out / "metrics.json").read_text())
 
 
