@@ -395,3 +395,17 @@ def test_synthetic_needs_no_root_and_checks_its_options(tmp_path):
         dataset_info("synthetic", n_dev=3)
     with pytest.raises(VfmxaiError, match="unknown option.s. n_dev"):
         get_dataset("synthetic", None, "train", 16, n_dev=3)
+
+
+def test_a_split_with_no_images_is_reported_and_training_refuses_it_up_front(tmp_path):
+    from vfmxai.config import preset
+    from vfmxai.training import train
+
+    root = _folder(tmp_path / "data", [row for row in ROWS if row[2] != "val"])
+    assert check_dataset("folder", root) == [f"{root}: the val split has no images"]
+    config = preset("toy")
+    config.backbone.name, config.backbone.image_size = "tiny", 32
+    config.data.dataset, config.data.root = "folder", str(root)
+    with pytest.raises(VfmxaiError, match="the val split has no images; training needs train and val images"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

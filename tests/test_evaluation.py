@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from vfmxai.metrics import (
     mean_iou,
     pointing_game,
 )
-from vfmxai.run_folder import WEIGHTS, Recipe, dataset_split, load_run, write_run_files
+from vfmxai.run_folder import WEIGHTS, Recipe, check_classes, dataset_split, load_run, write_run_files
 from vfmxai.viz import grid_size
 
 STEPS = 4
@@ -391,3 +392,19 @@ def test_per_image_csv_names_the_image_and_the_id_score_apart(run, registry, tmp
     ins, dele = (np.array([float(r[k]) for r in rows]) for k in ("insertion", "deletion"))
     np.testing.assert_allclose(scores, ins - dele, atol=2e-6)
     assert scores.mean() == pytest.approx(metrics["methods"]["brightness"]["id"], abs=1e-5)
+
+
+def test_a_dataset_whose_classes_differ_from_the_run_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    """The same images with classes.txt in another order used to evaluate "fine" with the accuracy halved."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    names = (run_dir / "classes.txt").read_text().splitlines()
+    (run_dir / "classes.txt").write_text("\n".join([names[1], names[0], *names[2:]]) + "\n")
+    with pytest.raises(VfmxaiError, match=f"class 0 is '{names[1]}' in classes.txt but '{names[0]}'"):
+        evaluate_run(Source(run_dir, "synthetic"), "ala", tmp_path / "out", EvaluationSettings(steps=2))
+    assert not (tmp_path / "out").exists()
+    _, config, _ = load_run(run_dir)
+    fewer = Subset(dataset_split(config, "test"), [0])
+    fewer.class_names = names[:-1]
+    with pytest.raises(VfmxaiError, match=f"trained on {len(names)} classes, the split has {len(names) - 1}"):
+        check_classes(run_dir, config, fewer, "the split")

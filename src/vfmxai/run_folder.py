@@ -122,4 +122,28 @@ def load_run_split(
     model, config, _ = load_run(run_dir, device)
     config.data.dataset = dataset
     config.data.root = None if root is None else str(root)
-    return model, dataset_split(config, split), config
+    data = dataset_split(config, split)
+    check_classes(Path(run_dir), config, data, f"dataset {dataset} split {split}")
+    return model, data, config
+
+
+def check_classes(run_dir: Path, config: RunConfig, data: Dataset, where: str) -> None:
+    """The dataset's classes must be the run's, in the run's order (classes.txt, where it exists): a label is
+    an index, so the same images with the classes in another order would be scored against the wrong class."""
+    names = getattr(data, "class_names", None)
+    if names is None:
+        return
+    if len(names) != config.model.num_classes:
+        raise VfmxaiError(
+            f"--checkpoint {run_dir}: trained on {config.model.num_classes} classes, {where} has {len(names)}"
+        )
+    classes_file = run_dir / CLASSES
+    if not classes_file.is_file():
+        return
+    trained = classes_file.read_text().splitlines()
+    for index, (ours, theirs) in enumerate(zip(trained, names, strict=False)):
+        if ours != theirs:
+            raise VfmxaiError(
+                f"--checkpoint {run_dir}: class {index} is '{ours}' in {CLASSES} but '{theirs}' in {where}; "
+                "evaluate on the classes the run was trained on, in the same order"
+            )

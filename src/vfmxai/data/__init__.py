@@ -146,10 +146,17 @@ def check_dataset(name: str, root: str | Path | None = None) -> list[str]:
     """Every problem found in one pass, one line each naming the file (and row) and what is wrong.
 
     Decodes every image and mask (ImageNet-S: every masked image; its 1.2 M train images are only listed).
-    The synthetic dataset has nothing on disk to check: [].
+    A split with no images is a problem (training needs train and val, evaluation test). The synthetic
+    dataset has nothing on disk to check: [].
     """
     dataset_format = _format(name)
-    return dataset_format.check(_root(name, dataset_format, root))
+    where = _root(name, dataset_format, root)
+    problems = dataset_format.check(where)
+    try:
+        counts = dataset_format.info(where, 0, _options(dataset_format, {}))["splits"]
+    except VfmxaiError:
+        return problems  # the check above says why the splits cannot be counted
+    return problems + [f"{where}: the {split} split has no images" for split, n in counts.items() if n == 0]
 
 
 __all__ = [

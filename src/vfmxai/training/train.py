@@ -97,7 +97,16 @@ def _precision(config: RunConfig) -> str:
 
 
 def datasets_for(config: RunConfig) -> dict[str, Dataset]:
-    return {split: dataset_split(config, split) for split in ("train", "val")}
+    """The train and val splits; refused in one line, before anything is written, when one is empty (val
+    drives early stopping, the kept weights and the map check, so a run without it would end in a traceback)."""
+    splits = {split: dataset_split(config, split) for split in ("train", "val")}
+    for split, data in splits.items():
+        if len(data) == 0:
+            raise VfmxaiError(
+                f"dataset {config.data.dataset} {config.data.root or ''}: the {split} split has no images; "
+                f"training needs train and val images (`vfmxai data check` lists every problem)"
+            )
+    return splits
 
 
 RESUMABLE_FIELDS = ("train.epochs", "train.num_workers")
