@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from vfmxai.ala import build_model
 from vfmxai.checkpoint import save_weights
+from vfmxai.data import class_names
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation import EvaluationSettings, Processes, Shard, Source, evaluate, evaluate_run
 from vfmxai.evaluation.sharding import parse_shard
@@ -93,7 +94,7 @@ def test_rank_0_reports_missing_shards(tiny, tmp_path: Path) -> None:
 def test_two_processes_merge_to_the_single_process_result(tiny, tmp_path: Path) -> None:
     model, config, _ = tiny
     run_dir = tmp_path / "run"
-    write_run_files(run_dir, config, [f"class{i}" for i in range(6)])
+    write_run_files(run_dir, config, class_names("demo"))
     save_weights(model, run_dir / WEIGHTS)
     source = Source(run_dir, "synthetic")
 
@@ -107,7 +108,7 @@ def test_two_processes_merge_to_the_single_process_result(tiny, tmp_path: Path) 
 def test_a_user_error_in_a_worker_is_a_user_error(tiny, tmp_path: Path) -> None:
     model, config, _ = tiny
     run_dir = tmp_path / "run"
-    write_run_files(run_dir, config, [f"class{i}" for i in range(6)])
+    write_run_files(run_dir, config, class_names("demo"))
     save_weights(model, run_dir / WEIGHTS)
     with pytest.raises(VfmxaiError, match="no-such-folder: dataset folder not found"):
         evaluate_run(
