@@ -181,26 +181,22 @@ def run_bench(
     `config`: the ALA model to build (default `bench_config`); its backbone name and size are overridden.
     """
     settings = settings or BenchSettings()
-    backbone, image_size, batch_size = settings.backbone, settings.image_size, settings.batch_size
-    repeats, warmup, insdel_steps, seed = settings.repeats, settings.warmup, settings.insdel_steps, settings.seed
-    methods, train, clock, precision = settings.methods, settings.train, settings.clock, settings.precision
-    method_options = settings.method_options
     dev = torch.device(settings.device or default_device())
-    if clock == "cpu" and dev.type != "cpu":
-        raise VfmxaiError(f"--clock {clock}: use wall, or cpu on a CPU device")
-    resolved = resolve_precision(precision, dev)
-    reference = load_backbone(backbone, image_size, seed=seed).to(dev).eval()
+    if settings.clock == "cpu" and dev.type != "cpu":
+        raise VfmxaiError(f"--clock {settings.clock}: use wall, or cpu on a CPU device")
+    resolved = resolve_precision(settings.precision, dev)
+    reference = load_backbone(settings.backbone, settings.image_size, seed=settings.seed).to(dev).eval()
     size = reference.image_size
-    config = copy.deepcopy(config) if config is not None else bench_config(backbone, size)
-    config.backbone.name, config.backbone.image_size = backbone, size
+    config = copy.deepcopy(config) if config is not None else bench_config(settings.backbone, size)
+    config.backbone.name, config.backbone.image_size = settings.backbone, size
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(settings.seed)
         model = build_model(config).to(dev).eval()
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch_size, 3, size, size, generator=generator).to(dev)
-    targets = (torch.arange(batch_size) % config.model.num_classes).to(dev)
-    options = {**default_method_options(batch_size)}
-    for name, opts in (method_options or {}).items():
+    generator = torch.Generator().manual_seed(settings.seed)
+    images = torch.rand(settings.batch_size, 3, size, size, generator=generator).to(dev)
+    targets = (torch.arange(settings.batch_size) % config.model.num_classes).to(dev)
+    options = {**default_method_options(settings.batch_size)}
+    for name, opts in settings.method_options.items():
         options[name] = {**options.get(name, {}), **opts}
 
     def forward() -> object:
@@ -211,36 +207,41 @@ def run_bench(
         with torch.no_grad():
             return model(images)
 
-    tasks = [_Task("forward", forward, batch_size), _Task("forward:ala", predict, batch_size)]
-    for name in methods:
+    tasks = [_Task("forward", forward, settings.batch_size), _Task("forward:ala", predict, settings.batch_size)]
+    for name in settings.methods:
         opts = options.get(name, {})
         try:
             explainers.get(name, model, **opts).close()  # bad options fail here, before any timing
         except TypeError as err:
             raise VfmxaiError(f"method_options for '{name}': {err}") from None
-        tasks.append(_Task(f"explain:{name}", _explain(name, model, opts, images, targets), batch_size, opts))
-    if insdel_steps:
+        explain = _explain(name, model, opts, images, targets)
+        tasks.append(_Task(f"explain:{name}", explain, settings.batch_size, opts))
+    if settings.insdel_steps:
         with torch.no_grad():
             maps = model.explain(images)[0]
-        passes = 2 * (insdel_steps + 1) * batch_size
+        passes = 2 * (settings.insdel_steps + 1) * settings.batch_size
         tasks.append(
             _Task(
                 "insdel",
-                lambda: insertion_deletion(model, images, maps, targets, steps=insdel_steps, batch_size=batch_size),
+                lambda: insertion_deletion(
+                    model, images, maps, targets, steps=settings.insdel_steps, batch_size=settings.batch_size
+                ),
                 passes,
-                {"steps": insdel_steps, "batch_size": batch_size, "model_passes": passes},
+                {"steps": settings.insdel_steps, "batch_size": settings.batch_size, "model_passes": passes},
             )
         )
-    for kind in train:
-        trained = _train_model(model, config, full=kind == "full_finetune", seed=seed)
-        tasks.append(_Task(f"train_step:{kind}", _train_step(trained, config, images, targets), batch_size))
+    for kind in settings.train:
+        trained = _train_model(model, config, full=kind == "full_finetune", seed=settings.seed)
+        tasks.append(_Task(f"train_step:{kind}", _train_step(trained, config, images, targets), settings.batch_size))
 
     with merged_lora(model), autocast(resolved, dev):
-        _measure(tasks, dev, repeats, warmup, CLOCKS[clock], echo)
+        _measure(tasks, dev, settings.repeats, settings.warmup, CLOCKS[settings.clock], echo)
         parts = _adapter_parts(model, images)
-        _measure(parts, dev, repeats, warmup, CLOCKS[clock], echo=False)
-    result = _result(tasks, reference, dev, backbone, size, batch_size, repeats, warmup)
-    result["clock"], result["precision"] = clock, resolved
+        _measure(parts, dev, settings.repeats, settings.warmup, CLOCKS[settings.clock], echo=False)
+    result = _result(
+        tasks, reference, dev, settings.backbone, size, settings.batch_size, settings.repeats, settings.warmup
+    )
+    result["clock"], result["precision"] = settings.clock, resolved
     backbone_seconds = statistics.median(parts[0].seconds)
     result["ala_parts"] = {p.name: statistics.median(p.seconds) / backbone_seconds for p in parts[1:]}
     table = render_markdown(result)

@@ -361,23 +361,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        if isinstance(value, int | float) and not isinstance(value, bool) and _is_text(config, key.strip()):
-            value = raw  # a name such as backbone.name=123 stays the text typed
-        set_field(config, key.strip(), value, f"--set {item}")
+        set_field(config, key.strip(), value, f"--set {item}", text=raw)
     return config
 
 
-def _is_text(config: RunConfig, key: str) -> bool:
-    *path, leaf = key.split(".")
-    target: Any = config
-    for part in path:
-        target = getattr(target, part, None)
-    return dataclasses.is_dataclass(target) and typing.get_type_hints(type(target)).get(leaf) in (str, str | None)
-
-
-def set_field(config: RunConfig, key: str, value: Any, origin: str | None = None) -> None:
-    """`config.<key> = value` for a dotted `section.field` key; an unknown section or field is an error
-    naming `origin` (default: the key)."""
+def set_field(config: RunConfig, key: str, value: Any, origin: str | None = None, text: str | None = None) -> None:
+    """`config.<key> = value` for a dotted `section.field` key, typed by the field; an unknown section or field
+    is an error naming `origin` (default: the key). `text`: the value as typed, kept for a text field whose
+    value parsed as something else (`backbone.name=123` stays "123")."""
     origin = origin or key
     *path, leaf = key.split(".")
     target: Any = config
@@ -391,4 +382,6 @@ def set_field(config: RunConfig, key: str, value: Any, origin: str | None = None
     if dataclasses.is_dataclass(hint):
         example = f"{key}.{dataclasses.fields(hint)[0].name}"
         raise VfmxaiError(f"{origin}: '{key}' is a section; set one of its fields, e.g. {example}=...")
+    if text is not None and hint in (str, str | None) and not isinstance(value, str | None):
+        value = text
     setattr(target, leaf, typed(hint, value, key))

@@ -114,17 +114,28 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[C
     return model.to(device).eval(), config, class_names
 
 
-def load_run_split(
-    run_dir: str | Path, dataset: str, root: str | Path | None, split: str, device: str | torch.device = "cpu"
-) -> tuple[Classifier, Dataset, RunConfig]:
-    """The run folder's model and `split` of `dataset`, built as the run was trained (image size; for
-    `synthetic` the run's generator seed and sizes): what `vfmxai evaluate` scores."""
-    model, config, _ = load_run(run_dir, device)
-    config.data.dataset = dataset
-    config.data.root = None if root is None else str(root)
-    data = dataset_split(config, split)
-    check_classes(Path(run_dir), config, data, f"dataset {dataset} split {split}")
-    return model, data, config
+@dataclass(frozen=True)
+class Source:
+    """What an evaluation scores: the model of a run folder on one split of a dataset (`root`: its folder;
+    None for `synthetic`, which is rebuilt from the run's generator settings)."""
+
+    run_dir: Path
+    dataset: str
+    root: str | Path | None = None
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+
+    def load(self, device: str | torch.device = "cpu") -> tuple[Classifier, Dataset, RunConfig]:
+        """The run's model and the split, built as the run was trained (image size; for `synthetic` the run's
+        generator seed and sizes), its classes checked against the run's (`check_classes`)."""
+        model, config, _ = load_run(self.run_dir, device)
+        config.data.dataset = self.dataset
+        config.data.root = None if self.root is None else str(self.root)
+        data = dataset_split(config, self.split)
+        check_classes(self.run_dir, config, data, f"dataset {self.dataset} split {self.split}")
+        return model, data, config
 
 
 def check_classes(run_dir: Path, config: RunConfig, data: Dataset, where: str) -> None:

@@ -6,7 +6,7 @@
 - `aggregate(eval_dirs, out)`: several seeds -> mean ± std and paired tests against ALA.
 - `reproduce(recipe, seeds, out, settings)`: train + evaluate + aggregate, optionally the ablations.
 
-Modules, one job each: `settings` (what is evaluated and how), `runner` (the resumable loop and the
+Modules, one job each: `settings` (how an evaluation scores), `runner` (the resumable loop and the
 scores), `sharding` (how batches are split over processes), `launch` (a run folder, scheduled), `store`
 (per-image results on disk), `outputs` (the result files), `report` (numbers and tables), `progress`
 (bars), `aggregate` (over seeds), `reproduce` (the paper's experiment).
@@ -17,9 +17,10 @@ from vfmxai.evaluation.launch import evaluate_run
 from vfmxai.evaluation.report import METRICS, render_table
 from vfmxai.evaluation.reproduce import ABLATIONS, Ablation, reproduce
 from vfmxai.evaluation.runner import evaluate, resolve_methods
-from vfmxai.evaluation.settings import EvaluationSettings, Source
+from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.sharding import Processes, Shard
 from vfmxai.evaluation.store import PerImage, load_per_image
+from vfmxai.run_folder import Source
 from vfmxai.vocabulary import METHODS
 
 __all__ = [

@@ -17,9 +17,9 @@ import torch.distributed as dist
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.runner import evaluate
-from vfmxai.evaluation.settings import EvaluationSettings, Source
+from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.sharding import Processes, Shard
-from vfmxai.run_folder import load_run_split
+from vfmxai.run_folder import Source
 from vfmxai.runtime import default_device, flush_denormals
 
 
@@ -40,9 +40,7 @@ def evaluate_run(
     settings = settings or EvaluationSettings()
     if isinstance(parallel, Processes):
         return _evaluate_in_processes(source, methods, Path(out), settings, parallel, progress)
-    model, data, config = load_run_split(
-        source.run_dir, source.dataset, source.root, source.split, device or default_device()
-    )
+    model, data, config = source.load(device or default_device())
     return evaluate(
         model, data, methods, out, settings, dataset_name=source.dataset, split=source.split, config=config,
         progress=progress, shard=parallel,

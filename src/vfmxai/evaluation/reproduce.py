@@ -34,10 +34,10 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results
 from vfmxai.evaluation.launch import evaluate_run
 from vfmxai.evaluation.report import per_image_scores, render_table
-from vfmxai.evaluation.settings import EvaluationSettings, Source
+from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.store import load_per_image
 from vfmxai.io import atomic_write_json, atomic_write_text
-from vfmxai.run_folder import CONFIG, LAST, Recipe, dataset_split
+from vfmxai.run_folder import CONFIG, LAST, Recipe, Source, dataset_split
 from vfmxai.runtime import default_device
 from vfmxai.viz.grid import save_grid
 

@@ -157,10 +157,7 @@ def evaluate(
             for method in names:
                 if start in records[method]:
                     continue
-                record = _score_batch(
-                    model, method, settings.options_for(method), images, masks, targets, batch["id"], start,
-                    settings, device,
-                )
+                record = _score_batch(model, method, images, masks, targets, batch["id"], start, settings, device)
                 store.save(method, start, record)
                 records[method][start] = record
                 bars.update(method, len(batch["id"]), records[method])
@@ -246,7 +243,6 @@ def _predict(model: Classifier, images: Tensor, labels: Tensor, ids: list[str], 
 def _score_batch(
     model: Classifier,
     method: str,
-    options: Mapping[str, Any],
     images: Tensor,
     masks: Tensor,
     targets: Tensor,
@@ -258,7 +254,7 @@ def _score_batch(
     """One method on one batch: maps, then every per-image score (stored as float32 / int64 on CPU)."""
     begin = time.perf_counter()
     try:
-        explainer = explainers.get(method, model, **options)
+        explainer = explainers.get(method, model, **settings.options_for(method))
     except TypeError as err:
         raise VfmxaiError(f"method_options for '{method}': {err}") from None
     raw_threshold = settings.threshold_on == "raw"

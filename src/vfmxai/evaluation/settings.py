@@ -1,6 +1,6 @@
-"""What an evaluation is given: how to score (`EvaluationSettings`) and what to score (`Source`).
+"""How an evaluation scores: `EvaluationSettings` (what it scores is a `vfmxai.run_folder.Source`).
 
-Both are frozen and checked when made, so a wrong value is refused in one line before a model is loaded
+Frozen and checked when made, so a wrong value is refused in one line before a model is loaded
 or a file is written, and the same object travels unchanged to every worker process.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from vfmxai import explainers
@@ -77,20 +76,6 @@ class EvaluationSettings:
     def options_for(self, method: str) -> dict[str, Any]:
         """The options given for `method` ({} for none)."""
         return dict(self.method_options.get(method, {}))
-
-
-@dataclass(frozen=True)
-class Source:
-    """What is evaluated: the model of a run folder on one split of a dataset (`root`: its folder; None
-    for `synthetic`, which is rebuilt from the run's generator settings)."""
-
-    run_dir: Path
-    dataset: str
-    root: str | Path | None = None
-    split: str = "test"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "run_dir", Path(self.run_dir))
 
 
 def jsonable(value: Any, name: str) -> Any:
