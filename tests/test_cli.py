@@ -174,3 +174,17 @@ def test_a_bad_evaluation_flag_is_one_line_before_the_run_is_loaded(tmp_path, ca
                  *extra])
     assert_one_line_error(capsys, code, words)
     assert not out.exists()
+
+
+def test_an_empty_backbone_name_is_refused_not_read_as_the_current_folder(tmp_path, capsys):
+    code = main(["train", "--dataset", "synthetic", "--out", str(tmp_path / "run"), "--set", "backbone.name="])
+    assert_one_line_error(capsys, code, "backbone.name='': must name a backbone")
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_on_devices_checks_the_run_folder_before_starting_workers(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "no-run"), "--dataset", "synthetic", "--devices", "2",
+                 "--out", str(out)])
+    assert_one_line_error(capsys, code, "no-run: no such run folder")
+    assert not out.exists()

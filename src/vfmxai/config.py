@@ -259,6 +259,8 @@ def _choice(options: Sequence[str]) -> Callable[[Any], str | None]:
 
 
 RULES: dict[str, Callable[[Any], str | None]] = {
+    "backbone.name": lambda v: None if v.strip() else "must name a backbone (tiny, default, clip-vit-b16, a directory "
+    "or a Hugging Face id)",
     "backbone.image_size": _at_least(8),
     "backbone.lora_rank": _at_least(1),
     "backbone.lora_alpha": lambda v: None if v > 0 else "must be > 0",

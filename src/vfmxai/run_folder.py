@@ -98,13 +98,19 @@ def build_classifier(config: RunConfig) -> Classifier:
     return build_model(config)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, RunConfig, list[str]]:
-    """The trained model of a run folder, in eval mode, with its config and class names."""
+def check_run_folder(run_dir: str | Path) -> Path:
+    """`run_dir` as a Path, or a one-line error when it is no folder or holds no trained weights."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VfmxaiError(f"--checkpoint {run_dir}: no such run folder")
     if not (run_dir / WEIGHTS).is_file():
         raise VfmxaiError(f"--checkpoint {run_dir}: no {WEIGHTS} (was training finished or started?)")
+    return run_dir
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, RunConfig, list[str]]:
+    """The trained model of a run folder, in eval mode, with its config and class names."""
+    run_dir = check_run_folder(run_dir)
     config = RunConfig.load(run_dir / CONFIG)
     model = load_weights(build_classifier(config), run_dir / WEIGHTS)
     classes_file = run_dir / CLASSES

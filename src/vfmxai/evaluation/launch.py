@@ -19,7 +19,7 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.runner import evaluate
 from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.sharding import Processes, Shard
-from vfmxai.run_folder import Source
+from vfmxai.run_folder import Source, check_run_folder
 from vfmxai.runtime import default_device, flush_denormals
 
 
@@ -38,6 +38,7 @@ def evaluate_run(
     shard other than rank 0). `parallel`: None (this process), a `Shard` (this process's part; rank 0
     merges) or `Processes` (N local workers, then the merge); `device` applies to the first two."""
     settings = settings or EvaluationSettings()
+    check_run_folder(source.run_dir)  # before any worker process starts
     if isinstance(parallel, Processes):
         return _evaluate_in_processes(source, methods, Path(out), settings, parallel, progress)
     model, data, config = source.load(device or default_device())
