@@ -23,7 +23,7 @@ class Classifier(nn.Module):
 
 
 class LinearProbe(Classifier):
-    """logits = W · pooled(h^(k)) + b, where pooled is the backbone's normed class token."""
+    """logits = W · pooled(h^(k)) + b, `Backbone.pooled`: the normed class token (mean patch token without one)."""
 
     def __init__(self, backbone: Backbone, num_classes: int):
         super().__init__()

@@ -21,21 +21,22 @@ class FamilySpec:
     """Where the parts of one transformers model family live."""
 
     family: str
-    blocks_path: str
-    """Attribute path from the vision model to its ModuleList of blocks."""
+    blocks_paths: tuple[str, ...]
+    """Attribute paths from the vision model to its ModuleList of blocks, the first that exists taken
+    (transformers 5 moved ViT's from `encoder.layer` to `layers`)."""
     attention_name: str
     """Name of the self-attention submodule inside a block."""
     final_norm_path: str | None
     """Norm applied to the pooled token (CLIP's post_layernorm), or None."""
-    num_prefix_tokens: int
-    """Tokens before the patch tokens (CLIP, ViT, DINOv2: 1 class token; SigLIP: 0)."""
+    class_token: bool
+    """Whether a class token comes first (CLIP, ViT, DINOv2; SigLIP has none: its head attention-pools)."""
 
 
 FAMILIES = {
-    "clip": FamilySpec("clip", "encoder.layers", "self_attn", "post_layernorm", 1),
-    "siglip": FamilySpec("siglip", "encoder.layers", "self_attn", "post_layernorm", 0),
-    "dinov2": FamilySpec("dinov2", "encoder.layer", "attention", "layernorm", 1),
-    "vit": FamilySpec("vit", "encoder.layer", "attention", "layernorm", 1),
+    "clip": FamilySpec("clip", ("encoder.layers",), "self_attn", "post_layernorm", True),
+    "siglip": FamilySpec("siglip", ("encoder.layers",), "self_attn", "post_layernorm", False),
+    "dinov2": FamilySpec("dinov2", ("encoder.layer",), "attention", "layernorm", True),
+    "vit": FamilySpec("vit", ("layers", "encoder.layer"), "attention", "layernorm", True),
 }
 
 
@@ -45,12 +46,21 @@ def _get(module: nn.Module, path: str) -> nn.Module:
     return module
 
 
+def _has(module: nn.Module, path: str) -> bool:
+    for part in path.split("."):
+        if not hasattr(module, part):
+            return False
+        module = getattr(module, part)
+    return isinstance(module, nn.ModuleList)
+
+
 class Backbone(nn.Module):
     """A ViT encoder: `hidden_states(x)` -> [h^(0), ..., h^(k)], each (B, prefix + N, D).
 
     h^(0) is the input to block 1 (for CLIP: the embeddings after `pre_layrnorm`), h^(i) the output
     of block i. Position embeddings are interpolated when `image_size` differs from the
-    size the weights were trained at.
+    size the weights were trained at. Token order: [class token][registers][patch tokens, row-major];
+    `num_prefix_tokens` counts what comes before the patches (DINOv2 with registers: 1 + its registers).
     """
 
     def __init__(self, vision_model: nn.Module, family: str, image_size: int, mean, std, name: str):
@@ -64,12 +74,27 @@ class Backbone(nn.Module):
         self.num_heads = int(cfg.num_attention_heads)
         self.native_image_size = int(cfg.image_size)
         self.image_size = int(image_size)
+        if self.image_size % self.patch_size:
+            raise VfmxaiError(
+                f"backbone.image_size={self.image_size}: backbone '{name}' has patches of {self.patch_size} px, "
+                f"which do not divide it (use a multiple of {self.patch_size}, e.g. "
+                f"{max(1, round(self.image_size / self.patch_size)) * self.patch_size})"
+            )
+        self.num_registers = int(getattr(cfg, "num_register_tokens", 0) or 0)
+        found = [path for path in self.spec.blocks_paths if _has(vision_model, path)]
+        if not found:
+            raise VfmxaiError(
+                f"backbone '{name}': no block list at {' or '.join(self.spec.blocks_paths)} in its "
+                f"{type(vision_model).__name__} (a transformers version vfmxai does not know?)"
+            )
+        self.blocks_path = found[0]
+        """Attribute path of the block list in this model (`FamilySpec.blocks_paths`)."""
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     @property
     def blocks(self) -> nn.ModuleList:
-        return _get(self.model, self.spec.blocks_path)
+        return _get(self.model, self.blocks_path)
 
     @property
     def num_blocks(self) -> int:
@@ -77,7 +102,12 @@ class Backbone(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return self.spec.num_prefix_tokens
+        """Tokens before the patch tokens: the class token (if any) and the registers."""
+        return int(self.spec.class_token) + self.num_registers
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.spec.class_token
 
     def attention(self, block_index: int) -> nn.Module:
         return getattr(self.blocks[block_index], self.spec.attention_name)
@@ -122,8 +152,10 @@ class Backbone(nn.Module):
         return patches.transpose(1, 2).reshape(tokens.shape[0], -1, rows, cols)
 
     def pooled(self, last_hidden: Tensor) -> Tensor:
-        """The image embedding a linear probe reads: the normed class token (mean patch token for SigLIP)."""
-        token = last_hidden[:, 0] if self.num_prefix_tokens else last_hidden.mean(dim=1)
+        """The image embedding a linear probe reads: the normed class token; with none (SigLIP), the normed mean
+        patch token (vfmxai does not use SigLIP's attention-pooling head: every method can then say which tokens
+        the embedding mixes, and a probe on it is as linear as on a class token)."""
+        token = last_hidden[:, 0] if self.has_class_token else last_hidden[:, self.num_prefix_tokens :].mean(dim=1)
         if self.spec.final_norm_path is None:
             return token
         return _get(self.model, self.spec.final_norm_path)(token)

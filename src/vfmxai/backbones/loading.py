@@ -4,7 +4,8 @@ Names `load_backbone` accepts:
 - `tiny`: a 4-block CLIP-architecture ViT (width 32, patch 8), random init from a fixed seed; for tests.
 - `default`: the small CLIP-architecture ViT shipped in the package (made as `backbones/default/pretraining.json` says).
 - `clip-vit-b16`: the CLIP ViT-B/16 image-encoder architecture, random init; for shape tests and `bench`.
-- a local directory with a transformers `config.json` and weights (CLIP, SigLIP, DINOv2 or ViT);
+- a local directory with a transformers `config.json` and weights (CLIP, SigLIP, DINOv2 with or without
+  registers, or ViT);
 - a Hugging Face id, resolved in the local cache only (`HF_HUB_OFFLINE` is always honoured: nothing
   is downloaded).
 """
@@ -21,6 +22,7 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
     Dinov2Model,
+    Dinov2WithRegistersModel,
     SiglipVisionModel,
     ViTModel,
 )
@@ -45,6 +47,7 @@ _MODEL_TYPES = {
     "siglip": ("siglip", SiglipVisionModel, HALF, HALF),
     "siglip_vision_model": ("siglip", SiglipVisionModel, HALF, HALF),
     "dinov2": ("dinov2", Dinov2Model, IMAGENET_MEAN, IMAGENET_STD),
+    "dinov2_with_registers": ("dinov2", Dinov2WithRegistersModel, IMAGENET_MEAN, IMAGENET_STD),
     "vit": ("vit", ViTModel, HALF, HALF),
 }
 

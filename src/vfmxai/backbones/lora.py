@@ -34,7 +34,7 @@ def add_lora(
     bad = [b for b in chosen if not 0 <= b < n]
     if bad:
         raise VfmxaiError(f"backbone.lora_blocks: {bad} out of range for a backbone of {n} blocks")
-    prefix = backbone.spec.blocks_path
+    prefix = backbone.blocks_path
     names = []
     for name, _ in backbone.model.named_modules():
         parts = name.split(".")

@@ -150,9 +150,13 @@ def gradient_rollout(attentions: list[Tensor], gradients: list[Tensor], start_bl
 
 
 def class_row(matrix: Tensor, backbone: Backbone) -> Tensor:
-    """The class token's row (B, T) of a token-mixing matrix; with no class token (SigLIP), the mean row,
-    which is what a mean-pooled embedding mixes."""
-    return matrix[:, 0] if backbone.num_prefix_tokens else matrix.mean(dim=1)
+    """The class token's row (B, T) of a token-mixing matrix (B, T, T) or (B, heads, T, T) -> (B, heads, T).
+
+    With no class token (SigLIP), the mean of the patch tokens' rows: what the mean-pooled embedding that
+    vfmxai's classifiers read from such a backbone (`Backbone.pooled`) mixes."""
+    if backbone.has_class_token:
+        return matrix[..., 0, :]
+    return matrix[..., backbone.num_prefix_tokens :, :].mean(dim=-2)
 
 
 @register("rollout")

@@ -21,8 +21,11 @@ Modes (option `mode`):
   Targets are ignored. `get("daam", backbone, mode="self_supervised")` accepts a bare `Backbone`: it is
   wrapped in `EmbeddingScore`, a one-output `Classifier` whose logit is the score above.
 
-Needs a class token (`num_prefix_tokens` ≥ 1; SigLIP has none). Extra public method `explain_blocks`
-returns every block's map and the accumulation, raw, for the per-block figure.
+With no class token (SigLIP), the decomposed token is the mean-pooled one that vfmxai's classifiers read
+(`Backbone.pooled`): its attention row is the mean of the patch tokens' rows (`attention.class_row`) and w is
+the gradient of the score for one shift added to every patch token's attention output (the sum of their
+gradients). Registers are never decomposed into the map. Extra public method `explain_blocks` returns
+every block's map and the accumulation, raw, for the per-block figure.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from torch import Tensor
 from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.attention import forward_recorded
+from vfmxai.explainers.attention import class_row, forward_recorded
 from vfmxai.explainers.base import Explainer, register, target_logits
 
 MODES = ("supervised", "self_supervised")
@@ -137,8 +140,6 @@ class DAAM(Explainer):
         if not isinstance(k, int) or k < 1:
             raise VfmxaiError(f"method 'daam': option k must be a positive integer, got {k!r}")
         backbone = classifier if isinstance(classifier, Backbone) else classifier.backbone
-        if backbone.num_prefix_tokens < 1:
-            raise VfmxaiError(f"method 'daam': backbone '{backbone.name}' has no class token to decompose")
         if prototype is not None and (
             not isinstance(prototype, Tensor) or prototype.shape[-1] != backbone.hidden_size
         ):
@@ -170,15 +171,22 @@ class DAAM(Explainer):
             grads = torch.autograd.grad(target_logits(logits, targets).sum(), contexts, allow_unused=True)
         maps = []
         for record, grad in zip(records, grads, strict=True):
-            cls_attention = record.weights.detach()[:, :, 0, :].float()  # (B, heads, T)
-            features = cls_attention.unsqueeze(-1) * record.value.detach().float()  # (B, heads, T, head_dim)
+            pooled_attention = class_row(record.weights.detach(), backbone).float()  # (B, heads, T)
+            features = pooled_attention.unsqueeze(-1) * record.value.detach().float()  # (B, heads, T, head_dim)
             features = features.transpose(1, 2).flatten(2)  # (B, T, D), channel = head * head_dim + d
-            weight = torch.zeros_like(features[:, 0]) if grad is None else grad[:, 0].flatten(1).float()
+            weight = torch.zeros_like(features[:, 0]) if grad is None else self._pooled_gradient(grad, backbone)
             if self.mode == "supervised":
                 weight = weight.clamp_min(0)
             maps.append(backbone.patch_grid((features * weight.unsqueeze(1)).sum(-1).clamp_min(0), images.shape[-2:]))
         per_block = torch.stack(maps, dim=1)
         return per_block, per_block.cumsum(dim=1)
+
+    @staticmethod
+    def _pooled_gradient(grad: Tensor, backbone: Backbone) -> Tensor:
+        """∂score/∂o of the decomposed token (B, D) from the gradient at every token's attention output."""
+        if backbone.has_class_token:
+            return grad[:, 0].flatten(1).float()
+        return grad[:, backbone.num_prefix_tokens :].sum(dim=1).flatten(1).float()
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         return self.explain_blocks(images, targets)[1][:, -1]
