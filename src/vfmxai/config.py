@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.vocabulary import DATASETS, PRECISIONS, SYNTHETIC_SIZE, SYNTHETIC_SPLITS
+from vfmxai.vocabulary import DATASETS, PET_BOUNDARIES, PRECISIONS, SYNTHETIC_SIZE, SYNTHETIC_SPLITS
 
 
 @dataclass
@@ -138,12 +138,15 @@ class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None
     seed: int = 0
-    """Seed of the synthetic generator and of dataset splits made by the project (CUB train/val)."""
+    """Seed of the synthetic generator and of dataset splits made by the project (CUB and Pet train/val)."""
     n_train: int = SYNTHETIC_SPLITS["n_train"]
     n_val: int = SYNTHETIC_SPLITS["n_val"]
     n_test: int = SYNTHETIC_SPLITS["n_test"]
     synth_size: int = SYNTHETIC_SIZE
     """Side of the synthetic images in pixels."""
+    pet_boundary: str = "background"
+    """Oxford-IIIT Pet: where the trimap's boundary band goes, `background` (object = the trimap's foreground,
+    DESIGN §5) or `object`."""
 
 
 @dataclass
@@ -292,6 +295,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.n_train": _at_least(0),
     "data.n_val": _at_least(0),
     "data.n_test": _at_least(0),
+    "data.pet_boundary": _choice(PET_BOUNDARIES),
     "data.synth_size": lambda v: None if 8 <= v <= 4096 else "must be in [8, 4096]",
 }
 """Ranges and choices of single fields, checked with the types by `RunConfig.validate`."""

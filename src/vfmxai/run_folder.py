@@ -73,11 +73,11 @@ class Recipe:
 
 def dataset_split(config: RunConfig, split: str) -> Dataset:
     """One split of the configured dataset at the backbone's image size (the synthetic set's sizes and
-    generator seed come from `DataConfig`)."""
+    generator seed, the split seed and Oxford-IIIT Pet's boundary band come from `DataConfig`)."""
     dc = config.data
     return get_dataset(
         dc.dataset, dc.root, split, config.backbone.image_size, seed=dc.seed,
-        n_train=dc.n_train, n_val=dc.n_val, n_test=dc.n_test, size=dc.synth_size,
+        n_train=dc.n_train, n_val=dc.n_val, n_test=dc.n_test, size=dc.synth_size, boundary=dc.pet_boundary,
     )
 
 

@@ -1,7 +1,7 @@
 """The words vfmxai accepts, each defined once: dataset names, method keys, metric choices, precisions and
 the synthetic set's default sizes. Imports nothing, so the command line can build its parser without torch."""
 
-DATASETS = ("synthetic", "folder", "cub", "imagenet-s")
+DATASETS = ("synthetic", "folder", "cub", "imagenet-s", "oxford-pet")
 METHODS = ("ala", "gradcam", "scorecam", "ig", "guided_bp", "lrp", "rise", "rollout", "transformer_attribution", "daam")
 """The method keys of the ALA paper's comparison (Table 2), in the order `methods="all"` evaluates them."""
 SUBSTRATES = ("black", "blur", "mean")
@@ -23,3 +23,6 @@ SYNTHETIC_SPLITS = {"n_train": 600, "n_val": 120, "n_test": 120}
 SYNTHETIC_SIZE = 64
 """Default side of the synthetic images in pixels."""
 SYNTHETIC_TASKS = ("demo", "pretrain")
+PET_BOUNDARIES = ("background", "object")
+"""Where Oxford-IIIT Pet's trimap boundary band goes: `background` (object = the trimap's foreground, DESIGN §5)
+or `object`."""

@@ -1,4 +1,4 @@
-"""Datasets (synthetic, folder, CUB-200-2011, ImageNet-S) behind one sample format (see `base`).
+"""Datasets (synthetic, folder, CUB-200-2011, ImageNet-S, Oxford-IIIT Pet) behind one sample format (see `base`).
 
 `get_dataset` builds one split; `dataset_info` reports split sizes and classes; `check_dataset` lists
 every problem of a dataset on disk in one pass.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,16 @@ from vfmxai.data.cub import CUBDataset, check_cub, cub_info
 from vfmxai.data.folder import FolderDataset, check_folder, folder_info
 from vfmxai.data.imagenet_s import ImageNetSDataset, check_imagenet_s, imagenet_s_info
 from vfmxai.data.images import load_image, load_mask
+from vfmxai.data.oxford_pet import OxfordPetDataset, check_oxford_pet, oxford_pet_info
 from vfmxai.data.synthetic import SyntheticDataset, class_names, write_synthetic
 from vfmxai.data.transforms import augment, resize_image, resize_mask
 from vfmxai.errors import VfmxaiError
 from vfmxai.vocabulary import DATASETS, SYNTHETIC_SIZE, SYNTHETIC_SPLITS
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {**SYNTHETIC_SPLITS, "size": SYNTHETIC_SIZE, "task": "demo"}
-"""Options of the synthetic dataset (`synthetic_opts`), with their defaults."""
+"""Options of the synthetic dataset, with their defaults."""
+PET_DEFAULTS: dict[str, Any] = {"boundary": "background"}
+"""Options of Oxford-IIIT Pet: where the trimap's boundary band goes (`vocabulary.PET_BOUNDARIES`)."""
 
 
 def loader_workers(requested: int | None, on_gpu: bool, option: str = "--num-workers") -> int:
@@ -42,8 +45,8 @@ def loader_workers(requested: int | None, on_gpu: bool, option: str = "--num-wor
 class DatasetFormat:
     """What every dataset name offers, each with one signature whatever the format needs.
 
-    `root` is the checked folder (None where `on_disk` is False); `options` are the synthetic generator's,
-    checked and completed with `SYNTHETIC_DEFAULTS` (the formats on disk have none and ignore them).
+    `root` is the checked folder (None where `on_disk` is False); `options` are this format's own (`defaults`
+    completed by what the caller gave; options of other formats are ignored).
     """
 
     dataset: Callable[[Path | None, str, int, int, dict[str, Any]], Dataset]
@@ -54,6 +57,8 @@ class DatasetFormat:
     """root -> every problem found, one line each."""
     on_disk: bool = True
     """Whether the format reads a root folder (synthetic data is drawn in memory)."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """The format's options and their defaults."""
 
 
 def _synthetic_dataset(root: Path | None, split: str, image_size: int, seed: int, o: dict[str, Any]) -> Dataset:
@@ -67,7 +72,9 @@ def _synthetic_info(root: Path | None, seed: int, o: dict[str, Any]) -> dict[str
 
 
 FORMATS: dict[str, DatasetFormat] = {
-    "synthetic": DatasetFormat(_synthetic_dataset, _synthetic_info, lambda root: [], on_disk=False),
+    "synthetic": DatasetFormat(
+        _synthetic_dataset, _synthetic_info, lambda root: [], on_disk=False, defaults=SYNTHETIC_DEFAULTS
+    ),
     "folder": DatasetFormat(
         lambda root, split, image_size, seed, o: FolderDataset(root, split, image_size),
         lambda root, seed, o: folder_info(root),
@@ -82,6 +89,12 @@ FORMATS: dict[str, DatasetFormat] = {
         lambda root, split, image_size, seed, o: ImageNetSDataset(root, split, image_size),
         lambda root, seed, o: imagenet_s_info(root),
         check_imagenet_s,
+    ),
+    "oxford-pet": DatasetFormat(
+        lambda root, split, image_size, seed, o: OxfordPetDataset(root, split, image_size, seed, o["boundary"]),
+        lambda root, seed, o: oxford_pet_info(root, seed=seed),
+        check_oxford_pet,
+        defaults=PET_DEFAULTS,
     ),
 }
 """Every dataset name (the keys are `DATASETS`) and how it is read."""
@@ -104,14 +117,13 @@ def _root(name: str, dataset_format: DatasetFormat, root: str | Path | None) -> 
     return path
 
 
-def _options(dataset_format: DatasetFormat, opts: dict[str, Any]) -> dict[str, Any]:
-    if dataset_format.on_disk:
-        return {}
-    unknown = sorted(set(opts) - set(SYNTHETIC_DEFAULTS))
+def _options(name: str, dataset_format: DatasetFormat, opts: dict[str, Any]) -> dict[str, Any]:
+    """The format's defaults with the caller's values of its own options; a name no format knows is refused."""
+    unknown = sorted(set(opts) - {key for f in FORMATS.values() for key in f.defaults})
     if unknown:
-        known = ", ".join(SYNTHETIC_DEFAULTS)
-        raise VfmxaiError(f"synthetic dataset: unknown option(s) {', '.join(unknown)}; known: {known}")
-    return {**SYNTHETIC_DEFAULTS, **opts}
+        known = ", ".join(dataset_format.defaults) or "none"
+        raise VfmxaiError(f"{name} dataset: unknown option(s) {', '.join(unknown)}; known: {known}")
+    return {**dataset_format.defaults, **{k: v for k, v in opts.items() if k in dataset_format.defaults}}
 
 
 def get_dataset(
@@ -120,25 +132,25 @@ def get_dataset(
     split: str,
     image_size: int,
     seed: int = 0,
-    **synthetic_opts: Any,
+    **options: Any,
 ) -> Dataset:
     """One split of a dataset, samples at `image_size` px.
 
-    `seed`: the synthetic generator's seed, and the seed of the CUB train/val split.
-    `synthetic_opts` (n_train, n_val, n_test, size, task) apply to `synthetic` and are ignored by the
-    others, so a caller can pass its configuration unchanged. `root` is not used by `synthetic`.
+    `seed`: the synthetic generator's seed, and the seed of the train/val splits vfmxai makes (CUB, Pet).
+    `options`: each format's own (`synthetic`: n_train, n_val, n_test, size, task; `oxford-pet`: boundary),
+    the others' ignored, so a caller can pass its configuration unchanged. `root` is not used by `synthetic`.
     """
     dataset_format = _format(name)
     if split not in SPLITS:
         raise VfmxaiError(f"split {split!r} unknown; choose one of {', '.join(SPLITS)}")
-    options = _options(dataset_format, synthetic_opts)
+    options = _options(name, dataset_format, options)
     return dataset_format.dataset(_root(name, dataset_format, root), split, image_size, seed, options)
 
 
-def dataset_info(name: str, root: str | Path | None = None, seed: int = 0, **synthetic_opts: Any) -> dict[str, Any]:
+def dataset_info(name: str, root: str | Path | None = None, seed: int = 0, **options: Any) -> dict[str, Any]:
     """{"dataset", "root", "splits": {train, val, test: count}, "num_classes", "class_names"}."""
     dataset_format = _format(name)
-    options = _options(dataset_format, synthetic_opts)
+    options = _options(name, dataset_format, options)
     return dataset_format.info(_root(name, dataset_format, root), seed, options)
 
 
@@ -153,7 +165,7 @@ def check_dataset(name: str, root: str | Path | None = None) -> list[str]:
     where = _root(name, dataset_format, root)
     problems = dataset_format.check(where)
     try:
-        counts = dataset_format.info(where, 0, _options(dataset_format, {}))["splits"]
+        counts = dataset_format.info(where, 0, _options(name, dataset_format, {}))["splits"]
     except VfmxaiError:
         return problems  # the check above says why the splits cannot be counted
     return problems + [f"{where}: the {split} split has no images" for split, n in counts.items() if n == 0]
@@ -167,6 +179,7 @@ __all__ = [
     "DatasetFormat",
     "FolderDataset",
     "ImageNetSDataset",
+    "OxfordPetDataset",
     "Sample",
     "SyntheticDataset",
     "augment",
