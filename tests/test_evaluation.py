@@ -24,7 +24,7 @@ import vfmxai.training
 from vfmxai.ala import build_model
 from vfmxai.checkpoint import save_weights
 from vfmxai.classifier import LinearProbe
-from vfmxai.data import loader_workers
+from vfmxai.data import FolderDataset, loader_workers, write_synthetic
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation import (
     METHODS,
@@ -199,6 +199,48 @@ def test_other_settings_in_the_same_folder_are_refused(run, registry, tmp_path: 
         _evaluate(model, subset, tmp_path, methods=["brightness"], steps=5)
     with pytest.raises(VfmxaiError, match="brightness"):
         _evaluate(model, subset, tmp_path, methods=["brightness"], method_options={"brightness": {"x": 1}})
+
+
+def test_a_resume_on_changed_data_is_refused_and_on_the_same_data_reuses_everything(
+    run, registry, tmp_path: Path
+) -> None:
+    """What a resume reuses is keyed by the data: a replaced image, an edited label or an image list in
+    another order is refused in one line before anything is computed; the same files resume with no work."""
+    model, config, _, _ = run
+    root = write_synthetic(tmp_path / "data", n_train=0, n_val=0, n_test=4, size=config.data.synth_size, seed=5)
+    size = config.backbone.image_size
+
+    def folder_evaluate(out: Path) -> dict:
+        return _evaluate(model, FolderDataset(root, "test", size), out, methods=["brightness"])
+
+    reference = folder_evaluate(tmp_path / "ref")
+    out = tmp_path / "eval"
+    folder_evaluate(out)
+    Brightness.calls = 0
+    folder_evaluate(out)
+    assert Brightness.calls == 0
+    labels = root / "labels.csv"
+    original = labels.read_text()
+    rows = original.splitlines()
+    first = rows[1].split(",")
+    changes = {
+        "label": lambda: labels.write_text(original.replace(rows[1], ",".join([first[0], "5", first[2]]))),
+        "order": lambda: labels.write_text("\n".join([rows[0], *rows[:0:-1]]) + "\n"),
+        "image": lambda: shutil.copyfile(root / "images" / "test-00001.png", root / "images" / "test-00000.png"),
+    }
+    image_bytes = (root / "images" / "test-00000.png").read_bytes()
+    for name, change in changes.items():
+        change()
+        with pytest.raises(VfmxaiError, match="on other data") as err:
+            folder_evaluate(out)
+        assert "\n" not in str(err.value) and Brightness.calls == 0, name
+        labels.write_text(original)
+        (root / "images" / "test-00000.png").write_bytes(image_bytes)
+    assert folder_evaluate(out) == reference and Brightness.calls == 0
+    subset = Subset(FolderDataset(root, "test", size), [0, 1])  # no fingerprint of its own: its samples hashed
+    _evaluate(model, subset, tmp_path / "subset", methods=["brightness"])
+    with pytest.raises(VfmxaiError, match="on other data"):
+        _evaluate(model, Subset(FolderDataset(root, "test", size), [1, 0]), tmp_path / "subset", methods=["brightness"])
 
 
 def test_bf16_evaluation_records_its_precision_and_keeps_float32_scores(run, registry, tmp_path: Path) -> None:

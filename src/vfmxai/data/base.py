@@ -12,6 +12,8 @@ S is the dataset's `image_size`. Datasets carry `class_names`, `num_classes`, `s
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +133,39 @@ class FileDataset(torch.utils.data.Dataset):
         rec = self.records[index]
         image, mask = read_record(rec, self._read_mask)
         return make_sample(image, mask, rec.label, rec.id, rec.mask is not None, self.image_size)
+
+    def fingerprint(self) -> str:
+        """sha256 over how masks are read and every record's id, label, image bytes and mask bytes, in order:
+        a replaced image or mask, an edited label, an added, dropped or reordered image changes it."""
+        digest = hashlib.sha256(getattr(self._read_mask, "rule", self._read_mask.__qualname__).encode())
+        for rec in self.records:
+            digest.update(json.dumps([rec.id, rec.label]).encode())
+            for path in (rec.image, rec.mask):
+                digest.update(b"-" if path is None else _file_digest(path))
+        return digest.hexdigest()
+
+
+def _file_digest(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").digest()
+    except OSError as err:
+        raise VfmxaiError(f"{path}: cannot be read ({err.strerror})") from None
+
+
+def dataset_fingerprint(dataset: torch.utils.data.Dataset) -> str:
+    """What identifies a dataset's samples: its own `fingerprint()` where it has one (files: their bytes;
+    the synthetic set: the parameters it is drawn from), else sha256 over every sample's id, label, image and
+    mask as returned (one decoding pass)."""
+    if hasattr(dataset, "fingerprint"):
+        return dataset.fingerprint()
+    digest = hashlib.sha256()
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        digest.update(json.dumps([sample["id"], int(sample["label"]), bool(sample["has_mask"])]).encode())
+        for key in ("image", "mask"):
+            digest.update(sample[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_records(

@@ -50,6 +50,7 @@ def trimap_reader(boundary: str = "background") -> MaskReader:
             )
         return np.isin(trimap, values)
 
+    read.rule = f"oxford-pet trimap values {values}"
     return read
 
 

@@ -22,6 +22,7 @@ on disc/square/triangle learnt the patterns but stayed at chance on the shape.
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -319,6 +320,11 @@ class SyntheticDataset(torch.utils.data.Dataset):
         img, mask, label = render(self.seed, self.split, index, self.size, self.task)
         image = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
         return make_sample(image, torch.from_numpy(mask), label, sample_id(self.split, index), True, self.image_size)
+
+    def fingerprint(self) -> str:
+        """The set is a pure function of these parameters (`render`), so they identify its samples."""
+        params = [self.task, self.split, self.n, self.size, self.seed, self.image_size]
+        return "synthetic:" + json.dumps(params)
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
         """All images (n, 3, S, S), masks (n, S, S) and labels (n,) at once."""

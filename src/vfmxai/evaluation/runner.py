@@ -34,6 +34,7 @@ from vfmxai import explainers
 from vfmxai.backbones.lora import merged_lora
 from vfmxai.classifier import Classifier
 from vfmxai.data import collate, loader_workers
+from vfmxai.data.base import dataset_fingerprint
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.outputs import metrics_json, write_outputs
 from vfmxai.evaluation.progress import Progress
@@ -125,7 +126,9 @@ def evaluate(
     out = Path(out)
     recorded = _recorded_settings(settings, dataset, dataset_name, split, device, config)
     store = ResultStore(out / PER_IMAGE_DIR)
-    store.check_manifest(recorded, model_fingerprint(model), {m: settings.options_for(m) for m in names})
+    store.check_manifest(
+        recorded, model_fingerprint(model), dataset_fingerprint(dataset), {m: settings.options_for(m) for m in names}
+    )
 
     starts = batch_starts(n_images, settings.batch_size)
     mine = starts if shard is None else shard.mine(starts)

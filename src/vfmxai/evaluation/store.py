@@ -1,7 +1,8 @@
 """Per-image results on disk, one small file per (method, batch), so an interrupted evaluation resumes.
 
 Layout under `OUT/per_image/`:
-    manifest.json                      the settings, model fingerprint and per-method options they were made with
+    manifest.json                      the settings, model and data fingerprints and per-method options they
+                                       were made with
     _predictions/b<start>.safetensors  label, predicted (B,) int64 for the images start .. start + B - 1
     <method>/b<start>.safetensors      per-image scores of one method on the same images:
         iou (B,) float32            IoU at the threshold tau
@@ -81,11 +82,14 @@ class ResultStore:
     def path(self, method: str, start: int) -> Path:
         return self.root / method / f"b{start:08d}.safetensors"
 
-    def check_manifest(self, settings: dict[str, Any], model: str, options: dict[str, dict[str, Any]]) -> None:
-        """Refuse to mix results made under other settings, another model or other method options; then record
-        this run's (the union of methods over runs)."""
+    def check_manifest(
+        self, settings: dict[str, Any], model: str, data: str, options: dict[str, dict[str, Any]]
+    ) -> None:
+        """Refuse to mix results made under other settings, by another model, on other data (`data`:
+        `vfmxai.data.dataset_fingerprint`) or with other method options; then record this run's (the union of
+        methods over runs)."""
         path = self.root / MANIFEST
-        old: dict[str, Any] = {"settings": settings, "model": model, "methods": {}}
+        old: dict[str, Any] = {"settings": settings, "model": model, "data": data, "methods": {}}
         if path.is_file():
             try:
                 old = json.loads(path.read_text())
@@ -99,6 +103,8 @@ class ResultStore:
                 raise VfmxaiError(f"{where} with {key}={json.dumps(before)}, not {json.dumps(now)}; {fix}")
         if old.get("model") != model:
             raise VfmxaiError(f"{where} by a model with other weights; {fix}")
+        if old.get("data") != data:
+            raise VfmxaiError(f"{where} on other data (an image, mask or label changed, or the image list); {fix}")
         methods = dict(old.get("methods", {}))
         for method, opts in options.items():
             if method in methods and methods[method] != opts and any((self.root / method).glob("b*.safetensors")):
@@ -107,7 +113,7 @@ class ResultStore:
                     f"not {json.dumps(opts, sort_keys=True)}; {fix}"
                 )
             methods[method] = opts
-        atomic_write_json(path, {"settings": settings, "model": model, "methods": methods})
+        atomic_write_json(path, {"settings": settings, "model": model, "data": data, "methods": methods})
 
     def save(self, method: str, start: int, record: BatchRecord) -> None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in record.tensors.items()}
