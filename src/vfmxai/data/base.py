@@ -194,5 +194,13 @@ def check_records(
             problems.add(f"{rec.mask}: {where}mask of {rec.id!r} has no object pixel")
 
 
+def split_off_validation(records: Sequence[Record], share: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(train, val): round(share · n) records drawn uniformly for val with numpy's default_rng(seed), both in
+    their listed order (the CUB and Oxford-IIIT Pet splits)."""
+    n_val = round(share * len(records))
+    val_idx = set(np.random.default_rng(seed).permutation(len(records))[:n_val].tolist())
+    return ([r for i, r in enumerate(records) if i not in val_idx], [r for i, r in enumerate(records) if i in val_idx])
+
+
 def split_sizes(records_by_split: dict[str, Sequence[Record]]) -> dict[str, int]:
     return {s: len(records_by_split.get(s, ())) for s in SPLITS}

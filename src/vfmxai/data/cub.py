@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vfmxai.data.base import SPLITS, FileDataset, Problems, Record, check_records, split_sizes
+from vfmxai.data.base import SPLITS, FileDataset, Problems, Record, check_records, split_off_validation, split_sizes
 from vfmxai.data.images import mask_values, open_image
 from vfmxai.errors import VfmxaiError
 
@@ -119,15 +119,8 @@ def _parse(root: Path, problems: Problems, seed: int) -> tuple[dict[str, list[Re
     for extra in sorted(set(labels) - set(images)):
         problems.add(f"{cub / 'image_class_labels.txt'}: image id {extra} is not in images.txt")
 
-    train = official["train"]
-    n_val = round(VAL_SHARE * len(train))
-    order = np.random.default_rng(seed).permutation(len(train))
-    val_idx = set(order[:n_val].tolist())
-    records = {
-        "train": [r for i, r in enumerate(train) if i not in val_idx],
-        "val": [r for i, r in enumerate(train) if i in val_idx],
-        "test": official["test"],
-    }
+    train, val = split_off_validation(official["train"], VAL_SHARE, seed)
+    records = {"train": train, "val": val, "test": official["test"]}
     return records, names, seg
 
 

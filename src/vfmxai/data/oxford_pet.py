@@ -24,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vfmxai.data.base import SPLITS, FileDataset, MaskReader, Problems, Record, check_records, split_sizes
+from vfmxai.data.base import (
+    SPLITS,
+    FileDataset,
+    MaskReader,
+    Problems,
+    Record,
+    check_records,
+    split_off_validation,
+    split_sizes,
+)
 from vfmxai.data.cub import VAL_SHARE
 from vfmxai.data.images import mask_values, open_image
 from vfmxai.errors import VfmxaiError
@@ -114,15 +123,8 @@ def _parse(root: Path, problems: Problems, seed: int) -> tuple[dict[str, list[Re
         problems.add(f"{annotations}: class ids must be 1..{len(breeds)} without gaps, found {sorted(breeds)}")
     names = [breeds[i] for i in sorted(breeds)]
 
-    trainval = official["trainval"]
-    n_val = round(VAL_SHARE * len(trainval))
-    order = np.random.default_rng(seed).permutation(len(trainval))
-    val_idx = set(order[:n_val].tolist())
-    records = {
-        "train": [r for i, r in enumerate(trainval) if i not in val_idx],
-        "val": [r for i, r in enumerate(trainval) if i in val_idx],
-        "test": official["test"],
-    }
+    train, val = split_off_validation(official["trainval"], VAL_SHARE, seed)
+    records = {"train": train, "val": val, "test": official["test"]}
     return records, names
 
 
