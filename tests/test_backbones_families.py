@@ -125,7 +125,7 @@ def test_siglip_methods_defined_through_the_class_token_read_the_mean_patch_toke
     torch.testing.assert_close(maps[0] / maps[0].sum(), expected / expected.sum(), rtol=1e-4, atol=1e-6)
 
 
-def test_bad_backbones_are_one_line_naming_the_directory_or_the_option(tmp_path):
+def test_bad_backbones_are_one_line_naming_the_directory_or_the_option(tmp_path, tmp_path_factory):
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     Dinov2Config(**SMALL).save_pretrained(no_weights)
@@ -138,11 +138,5 @@ def test_bad_backbones_are_one_line_naming_the_directory_or_the_option(tmp_path)
     with pytest.raises(VfmxaiError, match=f"--backbone {unsupported}: model_type 'resnet' is not supported"):
         load_backbone(str(unsupported))
     with pytest.raises(VfmxaiError, match=r"backbone.image_size=36: .* patches of 8 px.*e\.g\. 32") as err:
-        load_backbone(_saved_dinov2(tmp_path), image_size=36)
+        load_backbone(_saved("dinov2", tmp_path_factory), image_size=36)
     assert "\n" not in str(err.value)
-
-
-def _saved_dinov2(tmp_path) -> str:
-    folder = tmp_path / "dinov2"
-    Dinov2Model(Dinov2Config(**SMALL)).save_pretrained(folder)
-    return str(folder)

@@ -46,12 +46,11 @@ def _get(module: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def _has(module: nn.Module, path: str) -> bool:
-    for part in path.split("."):
-        if not hasattr(module, part):
-            return False
-        module = getattr(module, part)
-    return isinstance(module, nn.ModuleList)
+def _has_blocks(module: nn.Module, path: str) -> bool:
+    try:
+        return isinstance(_get(module, path), nn.ModuleList)
+    except AttributeError:
+        return False
 
 
 class Backbone(nn.Module):
@@ -81,13 +80,13 @@ class Backbone(nn.Module):
                 f"{max(1, round(self.image_size / self.patch_size)) * self.patch_size})"
             )
         self.num_registers = int(getattr(cfg, "num_register_tokens", 0) or 0)
-        found = [path for path in self.spec.blocks_paths if _has(vision_model, path)]
-        if not found:
+        found = next((path for path in self.spec.blocks_paths if _has_blocks(vision_model, path)), None)
+        if found is None:
             raise VfmxaiError(
                 f"backbone '{name}': no block list at {' or '.join(self.spec.blocks_paths)} in its "
                 f"{type(vision_model).__name__} (a transformers version vfmxai does not know?)"
             )
-        self.blocks_path = found[0]
+        self.blocks_path = found
         """Attribute path of the block list in this model (`FamilySpec.blocks_paths`)."""
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

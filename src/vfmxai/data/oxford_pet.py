@@ -159,6 +159,7 @@ def check_oxford_pet(root: str | Path) -> list[str]:
         records, _ = _parse(Path(root), problems, 0)
     except VfmxaiError as err:
         return [*problems.lines, str(err)]
+    read_mask = trimap_reader()
     for split in SPLITS:
         present = []
         for r in records[split]:
@@ -166,5 +167,5 @@ def check_oxford_pet(root: str | Path) -> list[str]:
                 problems.add(f"{r.mask}: trimap of {r.id!r} not found")
                 continue
             present.append(r)
-        check_records(present, trimap_reader(), problems, require_mask=True)
+        check_records(present, read_mask, problems, require_mask=True)
     return problems.lines
