@@ -107,13 +107,13 @@ def test_cli_bench_picks_train_rows_and_rejects_unknown_ones(tmp_path: Path, cap
     from vfmxai.cli import main
 
     common = ["bench", "--backbone", "tiny", "--batch-size", "2", "--repeats", "1", "--warmup", "0"]
-    common += ["--methods", "ala", "--insdel-steps", "0", "--out", str(tmp_path)]
+    common += ["--methods", "ala", "--insdel-steps", "1", "--out", str(tmp_path)]
     assert main([*common, "--train", "none"]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    assert [row["task"] for row in rows] == ["forward:ala", "explain:ala"]
+    assert [row["task"] for row in rows] == ["forward:ala", "explain:ala", "insdel"]
     assert main([*common, "--train", "lora_ala"]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    assert [row["task"] for row in rows] == ["forward:ala", "explain:ala", "train_step:lora_ala"]
+    assert [row["task"] for row in rows] == ["forward:ala", "explain:ala", "insdel", "train_step:lora_ala"]
     capsys.readouterr()
     assert main([*common, "--train", "lora"]) == 1
     assert capsys.readouterr().err.strip() == (

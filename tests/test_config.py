@@ -81,7 +81,8 @@ def test_an_edited_config_file_is_checked_like_an_override(tmp_path):
     path = tmp_path / "config.json"
     for section, field, value, message in (
         ("backbone", "lora", "False", None), ("train", "epochs", "10", "train.epochs='10': expected an integer"),
-        ("model", "dim", 10**9 + 1, "model.heads=4: must divide model.dim=1000000001"),
+        ("model", "dim", 10**9, "model.dim=1000000000: must be <= 4096"),
+        ("model", "dim", 66, "model.heads=4: must divide model.dim=66"),
     ):
         data = preset("toy").to_dict()
         data[section][field] = value

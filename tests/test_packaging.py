@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "vfmxai"
-TEST_ONLY = {"captum", "pytest", "hypothesis"}
+TEST_ONLY = {"captum", "pytest", "hypothesis", "selenium"}
 
 
 def _imported_top_level_names(path: Path) -> set[str]:

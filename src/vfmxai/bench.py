@@ -62,15 +62,17 @@ from vfmxai.backbones import Backbone, load_backbone
 from vfmxai.backbones.lora import merged_lora
 from vfmxai.config import RunConfig, preset
 from vfmxai.errors import VfmxaiError
-from vfmxai.io import atomic_write_json, atomic_write_text
+from vfmxai.io import atomic_write_json, atomic_write_text, check_out_folder
 from vfmxai.metrics import insertion_deletion
-from vfmxai.runtime import autocast, default_device, resolve_precision
+from vfmxai.runtime import autocast, check_device, default_device, resolve_precision
 from vfmxai.training.module import adamw
 from vfmxai.vocabulary import METHODS
 
 DEFAULT_METHODS = METHODS
 TRAIN_TASKS = ("lora_ala", "full_finetune")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+"""`--image-size` bounds, those of `backbone.image_size`."""
 
 
 def default_method_options(batch_size: int) -> dict[str, dict[str, Any]]:
@@ -140,7 +142,7 @@ class _Task:
 @dataclass(frozen=True)
 class BenchSettings:
     """What `bench` measures and how (the command's flags). `image_size` None: the backbone's native size;
-    `method_options` update `default_method_options`; `insdel_steps=0` skips the insdel row; `train` picks the
+    `method_options` update `default_method_options`; `methods` must name at least one explainer; `train` picks the
     train-step rows (`TRAIN_TASKS`); `device` None: `vfmxai.runtime.default_device`; `clock`: `CLOCKS`."""
 
     backbone: str = "default"
@@ -162,6 +164,10 @@ class BenchSettings:
         object.__setattr__(self, "train", tuple(self.train))
         object.__setattr__(self, "method_options", {k: dict(v) for k, v in self.method_options.items()})
         _check_args(self.batch_size, self.repeats, self.warmup, self.insdel_steps, self.methods, self.train)
+        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise VfmxaiError(f"--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {self.image_size}")
+        if self.device is not None:
+            check_device(self.device)
         for name, options in self.method_options.items():
             explainers.check_options(name, options)
         if self.clock not in CLOCKS:
@@ -181,6 +187,8 @@ def run_bench(
     `config`: the ALA model to build (default `bench_config`); its backbone name and size are overridden.
     """
     settings = settings or BenchSettings()
+    if out is not None:
+        check_out_folder(out)  # before the timing, not after it
     dev = torch.device(settings.device or default_device())
     if settings.clock == "cpu" and dev.type != "cpu":
         raise VfmxaiError(f"--clock {settings.clock}: use wall, or cpu on a CPU device")
@@ -216,20 +224,19 @@ def run_bench(
             raise VfmxaiError(f"method_options for '{name}': {err}") from None
         explain = _explain(name, model, opts, images, targets)
         tasks.append(_Task(f"explain:{name}", explain, settings.batch_size, opts))
-    if settings.insdel_steps:
-        with torch.no_grad():
-            maps = model.explain(images)[0]
-        passes = 2 * (settings.insdel_steps + 1) * settings.batch_size
-        tasks.append(
-            _Task(
-                "insdel",
-                lambda: insertion_deletion(
-                    model, images, maps, targets, steps=settings.insdel_steps, batch_size=settings.batch_size
-                ),
-                passes,
-                {"steps": settings.insdel_steps, "batch_size": settings.batch_size, "model_passes": passes},
-            )
+    with torch.no_grad():
+        maps = model.explain(images)[0]
+    passes = 2 * (settings.insdel_steps + 1) * settings.batch_size
+    tasks.append(
+        _Task(
+            "insdel",
+            lambda: insertion_deletion(
+                model, images, maps, targets, steps=settings.insdel_steps, batch_size=settings.batch_size
+            ),
+            passes,
+            {"steps": settings.insdel_steps, "batch_size": settings.batch_size, "model_passes": passes},
         )
+    )
     for kind in settings.train:
         trained = _train_model(model, config, full=kind == "full_finetune", seed=settings.seed)
         tasks.append(_Task(f"train_step:{kind}", _train_step(trained, config, images, targets), settings.batch_size))
@@ -507,10 +514,12 @@ def _check_args(
         ("--batch-size", batch_size, 1),
         ("--repeats", repeats, 1),
         ("--warmup", warmup, 0),
-        ("--insdel-steps", insdel_steps, 0),
+        ("--insdel-steps", insdel_steps, 1),
     ):
         if not isinstance(value, int) or value < low:
             raise VfmxaiError(f"{option} must be an integer >= {low}, got {value}")
+    if not methods:
+        raise VfmxaiError("--methods: name at least one method (leave the flag out for the default set)")
     known = explainers.available()
     unknown = [m for m in methods if m not in known]
     if unknown:

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     for split, size in SYNTHETIC_SPLITS.items():
         synth.add_argument(f"--{split.replace('_', '-')}", default=size, type=int)
     synth.add_argument("--task", default="demo", choices=SYNTHETIC_TASKS)
+    synth.add_argument("--force", action="store_true", help="replace what a non-empty --out folder holds")
     for name in ("info", "check"):
         cmd = data_sub.add_parser(name, help="split sizes and classes as JSON" if name == "info" else "every problem")
         cmd.add_argument("--dataset", required=True, choices=DATASETS)
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu")
     explain.add_argument("--per-block", action="store_true", help="with daam: the map accumulated block by block")
     explain.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    explain.add_argument("--force", action="store_true", help="replace an earlier explain's outputs in --out")
     explain.add_argument("inputs", nargs="+")
 
     evaluate = sub.add_parser("evaluate", help="every method x a dataset split x every metric -> metrics.json")
@@ -195,7 +197,9 @@ def _data(args: argparse.Namespace) -> int:
     from vfmxai import data
 
     if args.data_command == "synth":
-        data.write_synthetic(args.out, args.n_train, args.n_val, args.n_test, args.size, args.seed, args.task)
+        data.write_synthetic(
+            args.out, args.n_train, args.n_val, args.n_test, args.size, args.seed, args.task, force=args.force
+        )
         print(f"wrote the synthetic set ({args.task}, seed {args.seed}) to {args.out}")
         return 0
     _need_root(args)
@@ -221,9 +225,9 @@ def _train(args: argparse.Namespace) -> int:
         fields["backbone.name"] = args.backbone
     if args.seed is not None:
         fields["train.seed"] = fields["data.seed"] = args.seed
-    if args.devices:
+    if args.devices is not None:
         fields["train.devices"] = args.devices
-    if args.num_nodes:
+    if args.num_nodes is not None:
         fields["train.num_nodes"] = args.num_nodes
     recipe = Recipe(args.preset, args.dataset, args.root, tuple(args.overrides), fields)
     train(recipe.config(), args.out, resume=args.resume, progress=not args.no_progress)
@@ -244,7 +248,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     predictions = explain_files(
         args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device, args.per_block,
-        args.precision,
+        args.precision, force=args.force,
     )
     print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
     return 0
@@ -267,6 +271,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"shard {args.shard} done -> {args.out}")
     else:
         print(f"evaluated {result['n_images']} image(s) -> {args.out / 'metrics.json'}")
+        if empty := result.get("empty_masks"):
+            print(f"vfmxai: warning: {len(empty)} image(s) have an empty object mask and are left out of mIoU and "
+                  f"the pointing games (listed in metrics.json, empty_masks)", file=sys.stderr)
     return 0
 
 
@@ -275,7 +282,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(
         backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size, repeats=args.repeats,
-        warmup=args.warmup, methods=args.methods or DEFAULT_METHODS, insdel_steps=args.insdel_steps,
+        warmup=args.warmup, methods=DEFAULT_METHODS if args.methods is None else args.methods,
+        insdel_steps=args.insdel_steps,
         train=tuple(t for t in args.train if t != "none"), device=args.device, clock=args.clock,
         precision=args.precision,
     )

@@ -198,13 +198,19 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise VfmxaiError(f"{where or 'config'}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        raise VfmxaiError(f"{where or 'config'}: unknown {cls.__name__} field(s): {', '.join(map(shown, unknown))}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         key = f"{where}.{name}" if where else name
         kwargs[name] = _from_dict(hint, value, key) if dataclasses.is_dataclass(hint) else typed(hint, value, key)
     return cls(**kwargs)
+
+
+def shown(text: str) -> str:
+    """`text` as it is, or its repr when it holds a newline or another unprintable character, so a message that
+    names it stays one line."""
+    return text if text.isprintable() else repr(text)
 
 
 def typed(hint: Any, value: Any, key: str) -> Any:
@@ -257,6 +263,10 @@ def _at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"must be >= {low}"
 
 
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"must be >= {low}" if v < low else f"must be <= {high}"
+
+
 def _choice(options: Sequence[str]) -> Callable[[Any], str | None]:
     return lambda v: None if v in options else f"choose one of {', '.join(options)}"
 
@@ -264,22 +274,22 @@ def _choice(options: Sequence[str]) -> Callable[[Any], str | None]:
 RULES: dict[str, Callable[[Any], str | None]] = {
     "backbone.name": lambda v: None if v.strip() else "must name a backbone (tiny, default, clip-vit-b16, a directory "
     "or a Hugging Face id)",
-    "backbone.image_size": _at_least(8),
-    "backbone.lora_rank": _at_least(1),
+    "backbone.image_size": _between(8, 4096),
+    "backbone.lora_rank": _between(1, 1024),
     "backbone.lora_alpha": lambda v: None if v > 0 else "must be > 0",
     "backbone.lora_dropout": lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
-    "model.num_classes": _at_least(0),
-    "model.patch_size": _at_least(1),
-    "model.dim": _at_least(1),
-    "model.depth": _at_least(1),
+    "model.num_classes": _between(0, 100_000),
+    "model.patch_size": _between(1, 4096),
+    "model.dim": _between(1, 4096),
+    "model.depth": _between(1, 64),
     "model.heads": _at_least(1),
-    "model.mlp_ratio": lambda v: None if v > 0 else "must be > 0",
+    "model.mlp_ratio": lambda v: None if 0 < v <= 16 else "must be in (0, 16]",
     "model.n_inject": _at_least(0),
-    "model.map_channels": _at_least(1),
-    "model.pb_channels": _at_least(1),
+    "model.map_channels": _between(1, 4096),
+    "model.pb_channels": _between(1, 4096),
     "model.lambda_ala": _at_least(0),
-    "train.epochs": _at_least(1),
-    "train.batch_size": _at_least(1),
+    "train.epochs": _between(1, 100_000),
+    "train.batch_size": _between(1, 65_536),
     "train.lr": lambda v: None if v > 0 else "must be > 0",
     "train.betas": lambda v: None if len(v) == 2 and all(0 <= b < 1 for b in v) else "must be two numbers in [0, 1)",
     "train.weight_decay": _at_least(0),
@@ -298,7 +308,25 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.pet_boundary": _choice(PET_BOUNDARIES),
     "data.synth_size": lambda v: None if 8 <= v <= 4096 else "must be in [8, 4096]",
 }
-"""Ranges and choices of single fields, checked with the types by `RunConfig.validate`."""
+"""Ranges and choices of single fields, checked with the types by `check_config`. The upper bounds are far above
+any real run (the paper's adapters have #d <= 240, #L = 8) and stop a config edited by mistake (`model.dim=10**9`)
+before anything is allocated; `check_config` bounds the adapter as a whole too (`MAX_ADAPTER_PARAMETERS`)."""
+
+MAX_ADAPTER_PARAMETERS = 10**9
+"""The most parameters `adapter_parameters` may estimate (4 GB as float32, 16 GB with AdamW's state and the
+gradients); the paper's CUB adapter has under a million."""
+MAX_GRID_TOKENS = 128 * 128
+"""The most cells of the ALA grid, (image_size / patch_size)^2: each layer's attention is tokens^2 per head."""
+
+
+def adapter_parameters(model: ALAConfig) -> int:
+    """About how many parameters the ALA former, f1, f2 and the perception branch's classifier hold (the parts
+    the backbone's width does not size): depth * dim^2 * (4 + 2 * mlp_ratio) for the transformer layers, plus
+    the 3x3 convs and the heads."""
+    layers = model.depth * model.dim**2 * (4 + 2 * model.mlp_ratio)
+    convs = 9 * model.map_channels * (model.dim + 2 * model.map_channels)
+    heads = (model.map_channels + model.pb_channels) * model.num_classes
+    return int(layers + convs + heads)
 
 
 def check_config(config: RunConfig) -> RunConfig:
@@ -315,20 +343,41 @@ def check_config(config: RunConfig) -> RunConfig:
             problem = RULES[key](value) if key in RULES else None
             if problem:
                 raise VfmxaiError(f"{key}={value!r}: {problem}")
-    if config.model.dim % config.model.heads:
+    model = config.model
+    if model.dim % model.heads:
+        raise VfmxaiError(f"model.heads={model.heads}: must divide model.dim={model.dim} (each head takes dim/heads)")
+    tokens = (config.backbone.image_size // model.patch_size) ** 2
+    if tokens > MAX_GRID_TOKENS:
         raise VfmxaiError(
-            f"model.heads={config.model.heads}: must divide model.dim={config.model.dim} (each head takes dim/heads)"
+            f"model.patch_size={model.patch_size}: the ALA grid at backbone.image_size={config.backbone.image_size} "
+            f"would have {tokens} cells, more than {MAX_GRID_TOKENS}"
+        )
+    if (n := adapter_parameters(model)) > MAX_ADAPTER_PARAMETERS:
+        raise VfmxaiError(
+            f"model: the adapter would hold about {n:.2g} parameters (model.dim={model.dim}, "
+            f"model.depth={model.depth}, model.mlp_ratio={model.mlp_ratio}, model.map_channels={model.map_channels}), "
+            f"more than {MAX_ADAPTER_PARAMETERS:.0e}"
         )
     return config
 
 
-PRESETS = ("toy", "cub", "imagenet_s", "probe")
+PRESETS = ("toy", "cub", "imagenet_s", "dinov2", "probe")
 CLASSIFIERS = ("ala", "linear_probe")
 
 
 def preset(name: str) -> RunConfig:
-    """The paper's Table 1 settings (`cub`, `imagenet_s`), the CPU demo's (`toy`), or a linear probe on the
-    frozen backbone (`probe`: full-batch AdamW on cached embeddings, 300 steps at lr 1e-2)."""
+    """The paper's Table 1 settings (`cub`, `imagenet_s`), the CPU demo's (`toy`), ALA on DINOv2-S/14 at 224 px
+    (`dinov2`), or a linear probe on the frozen backbone (`probe`: full-batch AdamW on cached embeddings, 300
+    steps at lr 1e-2).
+
+    `dinov2` is what was measured on the Oxford-IIIT Pet sample on a CPU (README, "ALA's map on data it was not
+    shaped around"): the adapter's patch is the backbone's 14, so both grids are 16x16 at 224 px; the toy
+    preset's widths, batch 8, lr 3e-4 (at 1e-3 the classifier overfit and then fell apart by epoch 30), 30
+    epochs without early stopping, the last epoch's weights; and four readings the paper leaves open or that
+    depart from its text, each a `model` field: replicate padding, alpha's logits standardised per image, f2
+    reading F rather than h_ALA (departs from §4.2) and the lattice fed h^(0), h^(4), h^(7), h^(11) rather than
+    h^(0)..h^(3) (departs from §4.1). With the paper's readings, the same budget shut the map (pointing game
+    0.00). The backbone is loaded from the Hugging Face cache; `--backbone DIR` takes a local copy."""
     if name == "toy":
         return RunConfig(preset="toy")
     if name == "probe":
@@ -337,6 +386,16 @@ def preset(name: str) -> RunConfig:
             classifier="linear_probe",
             backbone=BackboneConfig(lora=False),
             train=TrainConfig(epochs=300, batch_size=16, lr=1e-2, weight_decay=1e-4, patience=0),
+        )
+    if name == "dinov2":
+        return RunConfig(
+            preset="dinov2",
+            backbone=BackboneConfig(name="facebook/dinov2-small", image_size=224),
+            model=ALAConfig(
+                patch_size=14, conv_padding="replicate", map_norm="image", ala_head_input="features",
+                inject_layers="spread",
+            ),
+            train=TrainConfig(epochs=30, batch_size=8, lr=3e-4, weight_decay=1e-4, patience=0),
         )
     if name == "cub":
         return RunConfig(
@@ -362,12 +421,12 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise VfmxaiError(f"--set {item}: expected key=value")
+            raise VfmxaiError(f"--set {shown(item)}: expected key=value")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        set_field(config, key.strip(), value, f"--set {item}", text=raw)
+        set_field(config, key.strip(), value, f"--set {shown(item)}", text=raw)
     return config
 
 
@@ -375,15 +434,15 @@ def set_field(config: RunConfig, key: str, value: Any, origin: str | None = None
     """`config.<key> = value` for a dotted `section.field` key, typed by the field; an unknown section or field
     is an error naming `origin` (default: the key). `text`: the value as typed, kept for a text field whose
     value parsed as something else (`backbone.name=123` stays "123")."""
-    origin = origin or key
+    origin = origin or shown(key)
     *path, leaf = key.split(".")
     target: Any = config
     for part in path:
         if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
-            raise VfmxaiError(f"{origin}: unknown section '{part}'")
+            raise VfmxaiError(f"{origin}: unknown section '{shown(part)}'")
         target = getattr(target, part)
     if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
-        raise VfmxaiError(f"{origin}: unknown field '{key}'")
+        raise VfmxaiError(f"{origin}: unknown field '{shown(key)}'")
     hint = typing.get_type_hints(type(target))[leaf]
     if dataclasses.is_dataclass(hint):
         example = f"{key}.{dataclasses.fields(hint)[0].name}"

@@ -6,7 +6,8 @@
 3. evaluates every available method on the synthetic test split (mean IoU, insertion, deletion,
    ID score, pointing games) and the ablations' ALA maps;
 4. writes OUT/report.md: the paper's Table 2 and Table 4 layouts, the method grid (Fig. 4), the
-   insertion/deletion curves, the maps with and without AEA (Fig. 5), and the time each step took.
+   insertion/deletion curves, the maps with and without AEA (Fig. 5), and the time each step took; and
+   OUT/report.html, the same explorable per image (`evaluation.reproduce.write_reproduce_report`, about a second).
 
 The demo shrinks sizes, never the protocol: 64 px images, 360/40/32 train/val/test images, 6 epochs,
 insertion/deletion sampled at 10 steps instead of 100, 32 RISE masks, 8 IG steps, Score-CAM on the
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from vfmxai.data import write_synthetic
 from vfmxai.evaluation import EvaluationSettings, reproduce
+from vfmxai.evaluation.reproduce import write_reproduce_report
 from vfmxai.io import atomic_write_text
 from vfmxai.run_folder import Recipe
 
@@ -40,7 +42,7 @@ def run_demo(out: str | Path, seed: int = 0, progress: bool = True) -> Path:
     times: dict[str, float] = {}
     start = time.time()
     data_root = out / "data"
-    write_synthetic(data_root, size=64, seed=seed, task="demo", **DEMO_SPLITS)
+    write_synthetic(data_root, size=64, seed=seed, task="demo", force=True, **DEMO_SPLITS)  # the demo's own folder
     times["write synthetic set"] = time.time() - start
     step = time.time()
     result = reproduce(
@@ -55,6 +57,7 @@ def run_demo(out: str | Path, seed: int = 0, progress: bool = True) -> Path:
     times["total"] = time.time() - start
     report = _report(out, result, times)
     atomic_write_text(out / "report.md", report)
+    write_reproduce_report(out / "reproduce", out / "report.html", timings=times)
     print(report)
     return out / "report.md"
 
@@ -78,6 +81,8 @@ def _report(out: Path, result: dict, times: dict[str, float]) -> str:
         (rep / "table4.md").read_text().strip(),
         "",
         "## Figures",
+        "",
+        "Every image, every method's map and curves: open report.html (beside this file) in any browser.",
         "",
         "![method grid](reproduce/seed0/eval/grid.png)",
         "",

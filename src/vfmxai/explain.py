@@ -21,10 +21,10 @@ from vfmxai import explainers
 from vfmxai.backbones import merged_lora
 from vfmxai.data.images import DECODABLE_SUFFIXES, open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
-from vfmxai.io import atomic_write, atomic_write_text
+from vfmxai.io import atomic_write, atomic_write_text, check_out_folder
 from vfmxai.maps import normalize_maps, resize_maps
 from vfmxai.run_folder import load_run
-from vfmxai.runtime import autocast, resolve_precision
+from vfmxai.runtime import autocast, check_device, resolve_precision
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
 
@@ -63,6 +63,8 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
         stems[p.stem] = p
     return paths
 
+
+PREDICTIONS = "predictions.json"
 
 OVERLAY_ROWS = 256
 """Rows of the overlay drawn at once: the float picture and colour map of a whole 8000×8000 photo take GBs."""
@@ -109,6 +111,7 @@ def explain_files(
     device: str = "cpu",
     per_block: bool = False,
     precision: str = "auto",
+    force: bool = False,
 ) -> dict[str, dict]:
     """Explain every image with every method; returns and writes `predictions.json` (class, probability).
 
@@ -116,25 +119,78 @@ def explain_files(
 
     `per_block` (with method `daam`) also writes `<name>.daam.blocks.png`: the DAAM map accumulated over
     blocks 1..b for every b, left to right, each column scaled to [0, 1] for display.
+
+    One explain per `out`: a folder that already holds an earlier explain's `predictions.json`, or any file
+    this one would write, is refused unless `force`, which first deletes the earlier explain's outputs (the
+    maps, overlays and block figures of the images its predictions.json lists) so the runs never mix. `out`
+    may not be one of the input folders (a second run would explain the overlays of the first); a folder
+    inside an input folder is fine, since folders are listed without recursion. Every check runs before
+    the model is loaded.
     """
-    if per_block and "daam" not in methods:
-        raise VfmxaiError("--per-block draws DAAM's block-by-block maps: add daam to --method")
-    precision = resolve_precision(precision, device)
-    model, config, class_names = load_run(run_dir, device)
+    if not methods:
+        raise VfmxaiError("--method: name at least one method")
     unknown = [m for m in methods if m not in explainers.available()]
     if unknown:
         known = ", ".join(explainers.available())
         raise VfmxaiError(f"--method: unknown method(s) {', '.join(unknown)} (available: {known})")
+    if per_block and "daam" not in methods:
+        raise VfmxaiError("--per-block draws DAAM's block-by-block maps: add daam to --method")
+    if batch_size < 1:
+        raise VfmxaiError(f"--batch-size must be >= 1, got {batch_size}")
+    check_device(device)
+    precision = resolve_precision(precision, device)
+    out = check_out_folder(out)
     paths = collect_images(inputs)
-    out = Path(out)
+    _check_explain_out(out, inputs, paths, methods, per_block, force)
+    model, config, class_names = load_run(run_dir, device)
     size = config.backbone.image_size
     predictions: dict[str, dict] = {}
     with merged_lora(model), autocast(precision, device):
         for start in range(0, len(paths), batch_size):
             _explain_chunk(model, methods, paths[start : start + batch_size], size, class_names, out, predictions,
                            device, per_block)
-    atomic_write_text(out / "predictions.json", json.dumps(predictions, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / PREDICTIONS, json.dumps(predictions, indent=2, sort_keys=True) + "\n")
     return predictions
+
+
+def _outputs(stem: str, methods: list[str], per_block: bool) -> list[str]:
+    """The file names explain writes for the image `stem`."""
+    names = [f"{stem}.{method}.{ext}" for method in methods for ext in ("npy", "png")]
+    return [*names, f"{stem}.daam.blocks.png"] if per_block else names
+
+
+def _check_explain_out(
+    out: Path, inputs: list[str | Path], paths: list[Path], methods: list[str], per_block: bool, force: bool
+) -> None:
+    """Refuse an `out` that is an input folder, or that holds an earlier explain or a file this one would
+    write (unless `force`: the earlier explain's outputs are then deleted); see `explain_files`."""
+    for item in map(Path, inputs):
+        if item.is_dir() and out.resolve() == item.resolve():
+            raise VfmxaiError(
+                f"--out {out}: is the input folder {item}; explaining it again would explain these overlays too "
+                "(choose another folder, e.g. a subfolder)"
+            )
+    earlier = out / PREDICTIONS
+    if force:
+        if earlier.is_file():
+            try:
+                stems = list(json.loads(earlier.read_text()))
+            except (json.JSONDecodeError, TypeError):
+                raise VfmxaiError(f"--force: {earlier} is not an explain's {PREDICTIONS}; remove it yourself") from None
+            for stem in stems:
+                for name in _outputs(stem, list(explainers.available()), per_block=True):
+                    (out / name).unlink(missing_ok=True)
+            earlier.unlink()
+        return
+    if earlier.is_file():
+        raise VfmxaiError(
+            f"--out {out}: already holds an earlier explain ({PREDICTIONS}); pass --force to replace it, or "
+            "choose another folder"
+        )
+    for path in paths:
+        for name in _outputs(path.stem, methods, per_block):
+            if (out / name).exists():
+                raise VfmxaiError(f"--out {out}: {name} exists; pass --force to replace it, or choose another folder")
 
 
 def _explain_chunk(model, methods: list[str], chunk: list[Path], size: int, class_names: list[str], out: Path,

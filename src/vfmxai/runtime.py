@@ -58,6 +58,25 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[str]:
         yield resolved
 
 
+def check_device(device: str | torch.device, option: str = "--device") -> torch.device:
+    """`device` as a torch.device that exists on this machine, else one line naming `option` (a misspelt
+    device, CUDA or MPS where there is none, a GPU index past the last)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise VfmxaiError(f"{option} {device}: not a device (cpu, cuda, cuda:1 ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VfmxaiError(f"{option} {device}: CUDA is not available on this machine (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VfmxaiError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VfmxaiError(f"{option} {device}: MPS is not available on this machine (use cpu)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise VfmxaiError(f"{option} {device}: vfmxai runs on cpu, cuda or mps")
+    return dev
+
+
 def default_device() -> str:
     """Where models run unless told: the first GPU when there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -241,8 +241,9 @@ class ALAModel(Classifier):
         return self.forward_all(images, ala_logits=False).logits
 
     def explain(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(maps (B, H, W): alpha upsampled bilinearly to the input, logits (B, C)) from one forward."""
-        out = self.forward_all(images, ala_logits=False)
+        """(maps (B, H, W): alpha upsampled bilinearly to the input, logits (B, C)) from one forward; the images
+        are checked first (`Classifier.check_input`)."""
+        out = self.forward_all(self.check_input(images, "ALAModel.explain"), ala_logits=False)
         maps = F.interpolate(out.alpha.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return maps.squeeze(1), out.logits
 

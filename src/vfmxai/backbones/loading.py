@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,9 +122,17 @@ def _from_directory(path: Path, image_size: int | None, name: str) -> Backbone:
     mean, std = _preprocessing(path, mean, std)
     transformers_logging.disable_progress_bar()
     try:
-        model = model_cls.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
-    except OSError as err:
-        raise VfmxaiError(f"--backbone {path}: could not load weights ({str(err).splitlines()[0]})") from None
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would precede the one-line refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = model_cls.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    except pickle.UnpicklingError:  # transformers reads a .bin with torch.load(weights_only=True): nothing ran
+        raise VfmxaiError(
+            f"--backbone {path}: refused its pickled weights (pytorch_model.bin): not plain tensors (a damaged "
+            "file, or one whose loading could run code); use model.safetensors"
+        ) from None
+    except (OSError, RuntimeError, ValueError, EOFError) as err:  # missing, damaged or mismatched weight files
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise VfmxaiError(f"--backbone {path}: could not load weights ({first.strip()})") from None
     return Backbone(model, family, image_size or int(model.config.image_size), mean, std, name)
 
 

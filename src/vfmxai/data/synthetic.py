@@ -36,8 +36,11 @@ from torch import Tensor
 
 from vfmxai.data.base import SPLITS, Sample, make_sample
 from vfmxai.errors import VfmxaiError
-from vfmxai.io import atomic_write, atomic_write_json, atomic_write_text
+from vfmxai.io import atomic_write, atomic_write_json, atomic_write_text, check_out_folder
 from vfmxai.vocabulary import SYNTHETIC_SIZE, SYNTHETIC_SPLITS
+
+MAX_SIZE = 4096
+"""The largest side of a synthetic image in pixels (as `data.synth_size`): one image of it is 48 MiB as float."""
 
 AREA_RANGE = (0.10, 0.30)
 """Object area as a fraction of the image, uniform; the same for every class."""
@@ -284,8 +287,8 @@ def _check_args(split: str, n: int, size: int, seed: int, task: str) -> None:
         raise VfmxaiError(f"synthetic split {split!r} unknown; choose one of {', '.join(SPLITS)}")
     if n < 0:
         raise VfmxaiError(f"synthetic: number of {split} images must be >= 0, got {n}")
-    if size < 16:
-        raise VfmxaiError(f"synthetic: size must be at least 16 px, got {size}")
+    if not 16 <= size <= MAX_SIZE:
+        raise VfmxaiError(f"synthetic: size must be in [16, {MAX_SIZE}] px, got {size}")
     if seed < 0:
         raise VfmxaiError(f"synthetic: seed must be >= 0, got {seed}")
 
@@ -349,20 +352,25 @@ def write_synthetic(
     size: int = SYNTHETIC_SIZE,
     seed: int = 0,
     task: str = "demo",
+    force: bool = False,
 ) -> Path:
     """Write a synthetic set in the folder format (`vfmxai.data.folder`) and return `out`.
 
     Writes images/<id>.png, masks/<id>.png (0/255), labels.csv (id,label,split), classes.txt and
-    synthetic.json (the generator's arguments). Every file is written atomically.
+    synthetic.json (the generator's arguments). Every file is written atomically. A folder that exists and
+    is not empty is refused (it may hold someone's dataset) unless `force`: the set then replaces what is
+    there, and images/ and masks/ keep only its own files (stale images of a larger set would otherwise
+    join the new one). Every argument and `out` are checked before anything is written.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VfmxaiError(f"{out}: exists and is not a folder")
     names = class_names(task)
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for split, n in counts.items():
         _check_args(split, n, size, seed, task)
+    out = check_out_folder(out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise VfmxaiError(f"--out {out}: folder is not empty; pass --force to replace what is there by the set")
     rows = ["id,label,split"]
+    written: set[str] = set()
     for split, n in counts.items():
         for i in range(n):
             img, mask, label = render(seed, split, i, size, task)
@@ -370,6 +378,10 @@ def write_synthetic(
             _write_png(out / "images" / f"{sid}.png", img)
             _write_png(out / "masks" / f"{sid}.png", mask.astype(np.uint8) * 255)
             rows.append(f"{sid},{label},{split}")
+            written.add(f"{sid}.png")
+    for stale in [*(out / "images").glob("*"), *(out / "masks").glob("*")]:
+        if stale.is_file() and stale.name not in written:
+            stale.unlink()
     atomic_write_text(out / "labels.csv", "\n".join(rows) + "\n")
     atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
     atomic_write_json(

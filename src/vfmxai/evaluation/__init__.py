@@ -1,14 +1,15 @@
 """The evaluation protocol: methods x images x metrics (resumable), aggregation over seeds, the paper's tables.
 
 - `evaluate(model, dataset, methods, out, settings)`: one model, one split -> metrics.json, timing.json,
-  metrics.csv, table.md, per_image.csv, curves.png, grid.png; `evaluate_run(source, methods, out, settings,
+  metrics.csv, table.md, per_image.csv, curves.png, grid.png, report.html; `evaluate_run(source, methods, out, settings,
   parallel=...)` does the same from a run folder, in one process, one shard or N worker processes.
 - `aggregate(eval_dirs, out)`: several seeds -> mean ± std and paired tests against ALA.
 - `reproduce(recipe, seeds, out, settings)`: train + evaluate + aggregate, optionally the ablations.
 
 Modules, one job each: `settings` (how an evaluation scores), `runner` (the resumable loop and the
 scores), `sharding` (how batches are split over processes), `launch` (a run folder, scheduled), `store`
-(per-image results on disk), `outputs` (the result files), `report` (numbers and tables), `progress`
+(per-image results on disk), `outputs` (the result files), `report` (numbers and tables), `html_report`
+(report.html's content, drawn by `vfmxai.viz.report_html`), `progress`
 (bars), `aggregate` (over seeds), `reproduce` (the paper's experiment).
 """
 

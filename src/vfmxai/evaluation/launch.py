@@ -19,8 +19,9 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.runner import evaluate
 from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.sharding import Processes, Shard
+from vfmxai.io import check_out_folder
 from vfmxai.run_folder import Source, check_run_folder
-from vfmxai.runtime import default_device, flush_denormals
+from vfmxai.runtime import check_device, default_device, flush_denormals
 
 
 def evaluate_run(
@@ -38,9 +39,12 @@ def evaluate_run(
     shard other than rank 0). `parallel`: None (this process), a `Shard` (this process's part; rank 0
     merges) or `Processes` (N local workers, then the merge); `device` applies to the first two."""
     settings = settings or EvaluationSettings()
+    out = check_out_folder(out)
+    if device is not None:
+        check_device(device)
     check_run_folder(source.run_dir)  # before any worker process starts
     if isinstance(parallel, Processes):
-        return _evaluate_in_processes(source, methods, Path(out), settings, parallel, progress)
+        return _evaluate_in_processes(source, methods, out, settings, parallel, progress)
     model, data, config = source.load(device or default_device())
     return evaluate(
         model, data, methods, out, settings, dataset_name=source.dataset, split=source.split, config=config,

@@ -1,7 +1,8 @@
 """The files of an evaluation folder, written from every image's stored results.
 
 metrics.json (no clock or path: with the same inputs on CPU, the same bytes on every run), timing.json,
-metrics.csv, table.md, per_image.csv (one row per image and method), curves.png and grid.png.
+metrics.csv, table.md, per_image.csv (one row per image and method), curves.png, grid.png and report.html
+(`evaluation.html_report`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vfmxai import explainers
+from vfmxai.evaluation.html_report import write_evaluation_report
 from vfmxai.evaluation.report import per_image_scores, render_csv, render_markdown, rounded, summarise
 from vfmxai.evaluation.settings import jsonable
 from vfmxai.evaluation.store import PerImage
@@ -34,9 +36,11 @@ def metrics_json(
     options: Mapping[str, Mapping[str, Any]],
     config: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
+    share = results.pictures.get("mask_share")
+    has_object = None if share is None else share.numpy() > 0
     methods, best_tau = {}, {}
     for name in names:
-        methods[name], best_tau[name] = summarise(results.methods[name])
+        methods[name], best_tau[name] = summarise(results.methods[name], has_object)
     evaluation = {k: v for k, v in recorded.items() if k not in ("run_config", "dataset", "split", "n_images")}
     evaluation["methods"] = list(names) + list(missing)
     evaluation["method_options"] = {m: {**explainers.default_options(m), **options.get(m, {})} for m in names}
@@ -50,6 +54,7 @@ def metrics_json(
         "accuracy": rounded(float(np.mean(results.labels == results.predicted))),
         "missing": list(missing),
         "missing_reasons": dict(missing),
+        "empty_masks": [] if has_object is None else [i for i, h in zip(results.ids, has_object, strict=True) if not h],
     }
 
 
@@ -61,7 +66,7 @@ def write_outputs(
     names: Sequence[str],
     figures: bool = True,
 ) -> None:
-    """metrics.json, timing.json, metrics.csv, table.md, per_image.csv, curves.png and grid.png.
+    """metrics.json, timing.json, metrics.csv, table.md, per_image.csv, curves.png, grid.png and report.html.
 
     With `figures=False` (a rerun that computed nothing new) existing PNGs are kept: they were drawn from
     the same per-image files.
@@ -81,8 +86,12 @@ def write_outputs(
     atomic_write_text(out / "metrics.csv", render_csv(metrics["methods"]))
     atomic_write_text(out / "table.md", render_markdown(metrics))
     atomic_write_text(out / "per_image.csv", per_image_csv(results, names))
-    if not names or (not figures and (out / "curves.png").is_file() and (out / "grid.png").is_file()):
-        return
+    if names and (figures or not ((out / "curves.png").is_file() and (out / "grid.png").is_file())):
+        _draw_figures(out, results, dataset, names)
+    write_evaluation_report(out, metrics, results, names, getattr(dataset, "class_names", None))
+
+
+def _draw_figures(out: Path, results: PerImage, dataset: Dataset, names: Sequence[str]) -> None:
     curves = {
         m: (results.methods[m]["insertion_curve"].mean(axis=0), results.methods[m]["deletion_curve"].mean(axis=0))
         for m in names

@@ -59,14 +59,29 @@ def per_image_scores(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: scores[k] for k in PAIRED_METRICS}
 
 
-def summarise(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, float], float]:
-    """(the METRICS of one method, rounded; the best tau) from its per-image arrays (see `store`)."""
+MASK_METRICS = ("miou", "miou_dataset", "miou_best_tau", "pointing_game", "energy_pg")
+"""The scores that compare a map with the object mask: an image whose mask is empty has no object to find, so
+these leave it out (`summarise`); insertion and deletion score every image."""
+
+
+def summarise(
+    arrays: Mapping[str, np.ndarray], has_object: np.ndarray | None = None
+) -> tuple[dict[str, float | None], float | None]:
+    """(the METRICS of one method, rounded; the best tau) from its per-image arrays (see `store`). `has_object`
+    (N,) bool: the images whose mask is not empty; the MASK_METRICS average over those alone (None when there
+    are none), so an empty mask neither scores IoU 0 nor IoU 1 (None: every image counts)."""
+    keep = np.ones(len(arrays["iou"]), dtype=bool) if has_object is None else np.asarray(has_object, dtype=bool)
     scores = per_image_scores(arrays)
-    best, tau = best_tau_iou(torch.from_numpy(np.asarray(arrays["iou_curve"])))
-    values = {k: float(v.mean()) for k, v in scores.items()}
-    values["miou_dataset"] = dataset_iou(torch.from_numpy(arrays["intersection"]), torch.from_numpy(arrays["union"]))
-    values["miou_best_tau"] = best
-    return {k: rounded(values[k]) for k in METRICS}, rounded(tau)
+    values: dict[str, float | None] = {k: float(v.mean()) for k, v in scores.items() if k not in MASK_METRICS}
+    values.update(dict.fromkeys(MASK_METRICS))
+    tau: float | None = None
+    if keep.any():
+        values["miou_best_tau"], tau = best_tau_iou(torch.from_numpy(np.asarray(arrays["iou_curve"])[keep]))
+        values.update({k: float(scores[k][keep].mean()) for k in ("miou", "pointing_game", "energy_pg")})
+        values["miou_dataset"] = dataset_iou(
+            torch.from_numpy(arrays["intersection"][keep]), torch.from_numpy(arrays["union"][keep])
+        )
+    return {k: None if values[k] is None else rounded(values[k]) for k in METRICS}, tau if tau is None else rounded(tau)
 
 
 def format_p(p: float) -> str:
@@ -171,6 +186,11 @@ def render_markdown(metrics: Mapping[str, Any], p_values: Mapping[str, Mapping[s
     )
     for method, reason in metrics.get("missing_reasons", {}).items():
         lines.append(f"Missing: {method} — {reason}.")
+    if empty := metrics.get("empty_masks"):
+        lines.append(
+            f"{len(empty)} image(s) with an empty object mask, left out of mIoU and the pointing games: "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}."
+        )
     return "\n\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ Layout of `out`:
     seed<k>/ablation_<variant>/run, trained.json, eval/      with ablations=True (ALA only)
     metrics.json, metrics.csv, table2.md         Table 2: mean ± std over seeds, p-values vs ALA
     ablations.json, table4.md, aea_maps.png      with ablations=True: Table 4 and Fig. 5
+    report.html                                  both tables, the first seed's images (`write_reproduce_report`)
 Every step resumes: a finished training is skipped, an interrupted one continues from its last.ckpt,
 an evaluation continues from its per-image files.
 """
@@ -32,14 +33,17 @@ import torch
 from vfmxai.config import RunConfig
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results
+from vfmxai.evaluation.html_report import REPORT, method_order, metrics_table, report_images, title_of, versions
 from vfmxai.evaluation.launch import evaluate_run
-from vfmxai.evaluation.report import per_image_scores, render_table
+from vfmxai.evaluation.report import HEADERS, LOWER_IS_BETTER, per_image_scores, render_table
 from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.store import load_per_image
+from vfmxai.explainers import display_name
 from vfmxai.io import atomic_write_json, atomic_write_text
-from vfmxai.run_folder import CONFIG, LAST, Recipe, Source, dataset_split
+from vfmxai.run_folder import CLASSES, CONFIG, LAST, Recipe, Source, dataset_split
 from vfmxai.runtime import default_device
 from vfmxai.viz.grid import save_grid
+from vfmxai.viz.report_html import SummaryTable, write_report_html
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ def reproduce(
     eval_dirs = [trial(seed, out / f"seed{seed}", (), methods) for seed in seed_list]
     result = aggregate(eval_dirs, out, seeds=seed_list, table_name="table2.md")
     if not ablations:
+        write_reproduce_report(out)
         return result
     if "ala" not in result["methods"]:
         raise VfmxaiError("--ablations compares ALA variants: 'ala' must be among --methods and run")
@@ -120,6 +125,7 @@ def reproduce(
     atomic_write_json(out / "ablations.json", table4)
     atomic_write_text(out / "table4.md", render_ablation_markdown(table4))
     _aea_figure(variant_dirs["full"][0], variant_dirs["no_aea"][0], out / "aea_maps.png", out / f"seed{seed_list[0]}")
+    write_reproduce_report(out)
     return {**result, "ablations": table4}
 
 
@@ -164,6 +170,68 @@ def render_ablation_markdown(table: Mapping[str, Any]) -> str:
         "(i) no lattice: no VFM state injected into the ALA former; (ii) no LoRA: backbone frozen; (iii) no AEA; "
         "(iv) full.\n"
         "p: two-sided Wilcoxon signed-rank test of per-image IoU against (iv), each image averaged over seeds.\n"
+    )
+
+
+def write_reproduce_report(
+    out: str | Path, path: str | Path | None = None, timings: Mapping[str, float] | None = None
+) -> Path:
+    """report.html of a reproduction folder (default OUT/report.html): Table 2 over seeds with p-values, Table 4
+    when ablations ran, and the per-image view of the FIRST seed's evaluation (a per-image table averaged over
+    seeds would show maps no model made). `timings`: {step: seconds} to list with the first seed's timing.json."""
+    out = Path(out)
+    table2 = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "reproduce.json").read_text())
+    seed = out / f"seed{record['seeds'][0]}"
+    results = load_per_image(seed / "eval")
+    names = method_order(table2)
+    classes = seed / "run" / CLASSES
+    tables = [metrics_table(table2, f"Methods (paper Table 2 layout), mean ± std over {len(record['seeds'])} seed(s)")]
+    if (out / "ablations.json").is_file():
+        tables.append(_ablation_summary(json.loads((out / "ablations.json").read_text())))
+    timing = seed / "eval" / "timing.json"
+    details = {
+        "Reproduction (reproduce.json)": record,
+        "Seeds": table2["seeds"],
+        "Evaluation settings": table2["config"]["evaluation"],
+        "Run configs, one per seed": table2["config"]["runs"],
+        f"Timings of {seed.name}/eval (timing.json)": json.loads(timing.read_text()) if timing.is_file() else {},
+        **({"Timings of the steps (seconds)": dict(timings)} if timings else {}),
+        "Versions": versions(),
+    }
+    figures = {
+        f"Method grid ({seed.name})": seed / "eval" / "grid.png",
+        f"Insertion and deletion curves, mean over images ({seed.name})": seed / "eval" / "curves.png",
+        "Maps with and without AEA (paper Fig. 5)": out / "aea_maps.png",
+    }
+    return write_report_html(
+        Path(path) if path is not None else out / REPORT,
+        title_of(table2) + f", {len(record['seeds'])} seed(s)",
+        tables,
+        report_images(results, names, classes.read_text().splitlines() if classes.is_file() else None),
+        {m: display_name(m) for m in names},
+        figures,
+        details,
+        summary=f"Every image below: {seed.name}'s evaluation.",
+    )
+
+
+def _ablation_summary(table: Mapping[str, Any]) -> SummaryTable:
+    """Table 4 as render_ablation_markdown lays it out."""
+    marks = [
+        (header, {name: "✓" if getattr(ablation, part) else "" for name, ablation in ABLATIONS.items()})
+        for header, part in (("AEA", "aea"), ("LoRA", "lora"), ("ALA", "lattice"))
+    ]
+    columns = ("miou", "insertion", "deletion", "id")
+    p_values = {m: ps["miou"] for m, ps in (table.get("p_values") or {}).items() if "miou" in ps}
+    rows = {name: table["methods"][name] for name in ABLATIONS if name in table["methods"]}  # on disk: sorted
+    return SummaryTable(
+        f"Ablations (paper Table 4 layout), mean ± std over {len(table['seeds'])} seed(s)", rows,
+        [(c, HEADERS[c]) for c in columns], labels={n: a.label for n, a in ABLATIONS.items()},
+        lower_is_better=LOWER_IS_BETTER, leading=marks,
+        p_values=("p vs (iv) (mIoU)", p_values) if p_values else None,
+        note="(i) no lattice; (ii) no LoRA: backbone frozen; (iii) no AEA; (iv) full. p: Wilcoxon signed-rank "
+        "over images against (iv).", first_header="Model",
     )
 
 

@@ -1,9 +1,11 @@
 """`evaluate`: every method x every image x every metric, resumable; one model, one dataset split.
 
 Per batch of images (decoded and resized once, whatever the number of methods):
-  1. the model's prediction on the clean images (for the accuracy; stored once, not per method);
+  1. the model's prediction on the clean images (for the accuracy; stored once, not per method), with the
+     mask's share of the image and 64 px image and mask thumbnails for report.html;
   2. per method: maps = explainer(images, targets), then per image IoU at tau, the IoU counts and the
-     IoU curve over tau, pointing game, energy pointing game, insertion and deletion (curves and areas).
+     IoU curve over tau, pointing game, energy pointing game, insertion and deletion (curves and areas), and
+     a 32 px thumbnail of the map.
 Targets: with `target_mode="given"` (the default, as the paper) the ground-truth class is both explained
 and scored in insertion/deletion; with "predicted" the model's prediction is, for both. Explaining the
 class the perturbation metrics score keeps the two consistent.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -41,6 +44,8 @@ from vfmxai.evaluation.progress import Progress
 from vfmxai.evaluation.settings import EvaluationSettings, jsonable
 from vfmxai.evaluation.sharding import Shard
 from vfmxai.evaluation.store import (
+    IMAGE_THUMBNAIL,
+    MAP_THUMBNAIL,
     PER_IMAGE_DIR,
     PREDICTIONS,
     BatchRecord,
@@ -49,6 +54,7 @@ from vfmxai.evaluation.store import (
     collect,
     model_fingerprint,
 )
+from vfmxai.io import check_out_folder
 from vfmxai.maps import normalize_maps
 from vfmxai.metrics import (
     default_thresholds,
@@ -110,6 +116,7 @@ def evaluate(
     and returns metrics.json; the other ranks return None (module docstring).
     """
     settings = settings or EvaluationSettings()
+    out = check_out_folder(out)
     config = jsonable(config.to_dict() if hasattr(config, "to_dict") else config, "config")
     n_images = len(dataset)
     if n_images == 0:
@@ -123,7 +130,6 @@ def evaluate(
         )
     model.eval()
     device = _device(model)
-    out = Path(out)
     recorded = _recorded_settings(settings, dataset, dataset_name, split, device, config)
     store = ResultStore(out / PER_IMAGE_DIR)
     store.check_manifest(
@@ -153,7 +159,7 @@ def evaluate(
         for start, batch in zip(pending, loader, strict=True):
             images, masks, labels = _batch_tensors(batch, device, dataset_name, split)
             if start not in records[PREDICTIONS]:
-                records[PREDICTIONS][start] = _predict(model, images, labels, batch["id"], device)
+                records[PREDICTIONS][start] = _predict(model, images, masks, labels, batch["id"], device)
                 store.save(PREDICTIONS, start, records[PREDICTIONS][start])
             predicted = records[PREDICTIONS][start].tensors["predicted"].to(device)
             targets = labels if settings.target_mode == "given" else predicted
@@ -234,13 +240,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _predict(model: Classifier, images: Tensor, labels: Tensor, ids: list[str], device: torch.device) -> BatchRecord:
+def _predict(
+    model: Classifier, images: Tensor, masks: Tensor, labels: Tensor, ids: list[str], device: torch.device
+) -> BatchRecord:
+    """The predictions, and the pictures report.html shows (mask share, image and mask thumbnails; not timed)."""
     begin = time.perf_counter()
     with torch.no_grad():
         predicted = model(images).argmax(dim=1)
     _sync(device)
-    tensors = {"label": labels.cpu(), "predicted": predicted.cpu()}
-    return BatchRecord(tensors, list(ids), time.perf_counter() - begin)
+    seconds = time.perf_counter() - begin
+    tensors = {
+        "label": labels.cpu(),
+        "predicted": predicted.cpu(),
+        "mask_share": masks.float().mean(dim=(1, 2)).cpu(),
+        "thumbnail": _thumbnail(images.float(), IMAGE_THUMBNAIL),
+        "mask_thumbnail": _thumbnail(masks[:, None].float(), IMAGE_THUMBNAIL)[:, 0],
+    }
+    return BatchRecord(tensors, list(ids), seconds)
+
+
+def _thumbnail(x: Tensor, size: int) -> Tensor:
+    """(B, C, H, W) in [0, 1] -> (B, C, size, size) uint8 on the CPU (area-averaged; a non-square image is
+    squashed, as the report shows it in a square tile)."""
+    return (F.interpolate(x, size=(size, size), mode="area") * 255).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
 def _score_batch(
@@ -293,6 +315,7 @@ def _score_batch(
         "deletion_curve": insdel.deletion_curve,
     }
     tensors = {k: v.cpu() if v.dtype == torch.int64 else v.float().cpu() for k, v in tensors.items()}
+    tensors["thumbnail"] = _thumbnail(maps[:, None].float(), MAP_THUMBNAIL)[:, 0]
     in_grid = max(0, min(settings.n_grid - start, len(ids)))
     if in_grid:
         tensors["grid_maps"] = maps[:in_grid].float().cpu()

@@ -3,7 +3,9 @@
 Layout under `OUT/per_image/`:
     manifest.json                      the settings, model and data fingerprints and per-method options they
                                        were made with
-    _predictions/b<start>.safetensors  label, predicted (B,) int64 for the images start .. start + B - 1
+    _predictions/b<start>.safetensors  label, predicted (B,) int64 for the images start .. start + B - 1;
+                                       mask_share (B,) float32 (the mask's share of the image), thumbnail
+                                       (B, 3, t, t) and mask_thumbnail (B, t, t) uint8, t = IMAGE_THUMBNAIL
     <method>/b<start>.safetensors      per-image scores of one method on the same images:
         iou (B,) float32            IoU at the threshold tau
         intersection, union (B,)    int64 pixel counts at tau (for the dataset-level IoU)
@@ -11,10 +13,12 @@ Layout under `OUT/per_image/`:
         pointing_game, energy_pg    (B,) float32
         insertion, deletion (B,)    float32 areas; insertion_curve, deletion_curve (B, steps + 1)
         grid_maps (G, H, W)         the maps of the batch's images among the first n_grid (only where G > 0)
+        thumbnail (B, t, t) uint8   the normalised map at t = MAP_THUMBNAIL pixels, for report.html
       metadata: ids (JSON list), seconds (explainer wall time for the batch), metric_seconds.
 `<start>` is the index of the batch's first image, zero-padded to 8 digits. Every file is written
 atomically (`vfmxai.io`), so a file that exists is complete; a batch is done for a method when its file
-exists. Files are safetensors: tensors and string metadata only, nothing executable.
+exists. Files are safetensors: tensors and string metadata only, nothing executable. Results written before
+the thumbnails existed load without them (the report then shows no pictures for those images).
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ PREDICTIONS = "_predictions"
 MANIFEST = "manifest.json"
 PER_IMAGE_DIR = "per_image"
 """Per-image scores stored for every method (the ID score is insertion - deletion)."""
+IMAGE_THUMBNAIL = 64
+MAP_THUMBNAIL = 32
+"""Thumbnail sides in pixels: 12 KiB per image and 1 KiB per map and image (a map from a 24 x 24 patch grid
+loses little at 32 px), about what a method's 100-step curves already take."""
+PICTURES = ("mask_share", "thumbnail", "mask_thumbnail")
 
 
 @dataclass
@@ -58,6 +67,10 @@ class PerImage:
     methods: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """{method: {name: array}}: every tensor of the batch files, concatenated over batches (grid_maps aside)."""
     grid_maps: dict[str, Tensor] = field(default_factory=dict)
+    map_thumbnails: dict[str, Tensor] = field(default_factory=dict)
+    """{method: (N, t, t) uint8}, only for methods whose every batch stored one (`MAP_THUMBNAIL`)."""
+    pictures: dict[str, Tensor] = field(default_factory=dict)
+    """The PICTURES of the predictions' files (mask_share, thumbnail, mask_thumbnail), where every batch has them."""
     seconds: dict[str, float] = field(default_factory=dict)
     metric_seconds: dict[str, float] = field(default_factory=dict)
     prediction_seconds: float = 0.0
@@ -150,6 +163,7 @@ def collect(records: dict[str, dict[int, BatchRecord]], starts: list[int]) -> Pe
         labels=torch.cat([r.tensors["label"] for r in preds]).numpy(),
         predicted=torch.cat([r.tensors["predicted"] for r in preds]).numpy(),
         prediction_seconds=sum(r.seconds for r in preds),
+        pictures=_concat_common(preds, PICTURES),
     )
     for method, by_start in records.items():
         if method == PREDICTIONS:
@@ -158,14 +172,21 @@ def collect(records: dict[str, dict[int, BatchRecord]], starts: list[int]) -> Pe
         ids = [i for r in batch for i in r.ids]
         if ids != result.ids:
             raise VfmxaiError(f"per-image results of '{method}' are for other images than the predictions'")
-        keys = [k for k in batch[0].tensors if k != "grid_maps"]
+        keys = [k for k in batch[0].tensors if k not in ("grid_maps", "thumbnail")]
         result.methods[method] = {k: torch.cat([r.tensors[k] for r in batch]).numpy() for k in keys}
+        if thumbnails := _concat_common(batch, ("thumbnail",)):
+            result.map_thumbnails[method] = thumbnails["thumbnail"]
         grid = [r.tensors["grid_maps"] for r in batch if "grid_maps" in r.tensors]
         if grid:
             result.grid_maps[method] = torch.cat(grid)
         result.seconds[method] = sum(r.seconds for r in batch)
         result.metric_seconds[method] = sum(r.metric_seconds for r in batch)
     return result
+
+
+def _concat_common(records: list[BatchRecord], keys: tuple[str, ...]) -> dict[str, Tensor]:
+    """{key: the batches' tensors concatenated} for the `keys` every record holds."""
+    return {k: torch.cat([r.tensors[k] for r in records]) for k in keys if all(k in r.tensors for r in records)}
 
 
 def load_per_image(eval_dir: str | Path) -> PerImage:

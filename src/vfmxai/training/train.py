@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -24,7 +25,7 @@ from vfmxai.checkpoint import load_resume_state
 from vfmxai.config import CLASSIFIERS, RunConfig, check_config
 from vfmxai.data import collate, loader_workers
 from vfmxai.errors import VfmxaiError
-from vfmxai.io import atomic_write_json
+from vfmxai.io import atomic_write_json, check_out_folder, exclusive_folder
 from vfmxai.run_folder import CONFIG, LAST, LOG, MAP_CHECK, dataset_split, load_run, write_run_files
 from vfmxai.runtime import flush_denormals, resolve_precision
 from vfmxai.training.callbacks import (
@@ -139,10 +140,22 @@ def train(
     unbroken run (shuffle and augmentation are functions of seed, epoch and batch), or starts afresh when
     the run died in its first epoch; `config` must equal the saved one except `RESUMABLE_FIELDS`.
     Ctrl-C stops at once, SIGTERM after the current batch; both raise `TrainingInterrupted`.
+    One writer per run folder: `out` is checked first (`vfmxai.io.check_out_folder`), then the process of rank
+    0 holds the folder's lock (`vfmxai.io.exclusive_folder`) until training ends, so a second `train` into the
+    same `out` is refused in one line while the first runs (the other DDP ranks are the first run's own).
     """
-    run_dir = Path(out)
-    last = run_dir / LAST
+    run_dir = check_out_folder(out)
     check_config(config)
+    lock = exclusive_folder(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext(run_dir)
+    with lock:
+        return _train(config, run_dir, resume, progress, callbacks)
+
+
+def _train(
+    config: RunConfig, run_dir: Path, resume: bool, progress: bool, callbacks: list[L.Callback] | None
+) -> ALAModel:
+    """`train`'s work, under the run folder's lock."""
+    last = run_dir / LAST
     if config.classifier == "linear_probe":
         if resume:
             raise VfmxaiError("--resume: a linear probe fits in seconds and keeps no resume state; fit it again")
