@@ -4,6 +4,7 @@ bit-identical to an unbroken run; a resume with other settings is refused with t
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 
 from vfmxai.cli import main
 from vfmxai.errors import VfmxaiError
+from vfmxai.io import LOCK
 from vfmxai.training import train
 from vfmxai.training.train import TrainingInterrupted
 
@@ -91,9 +93,16 @@ def _assert_same_run(expected: Path, got: Path) -> None:
     assert [row["phase"] for row in csv.DictReader((got / "log.csv").open())] == ["map", "ones", "map"]
 
 
-def _assert_complete_files(run: Path, epochs_done: int) -> None:
-    """No temporary left behind; every file parses; the resume state is the last finished epoch's."""
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+def _assert_complete_files(run: Path, epochs_done: int, killed: bool = False) -> None:
+    """No temporary left behind; every file parses; the resume state is the last finished epoch's. A SIGKILL
+    runs no clean-up, so the run folder's lock file stays, but its flock died with the process: it must not
+    block the next writer."""
+    left = sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+    assert left == ([LOCK] if killed else []), left
+    if killed:
+        with (run / LOCK).open() as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
+            fcntl.flock(lock, fcntl.LOCK_UN)
     json.loads((run / "config.json").read_text())
     load_file(str(run / "model.safetensors"))
     assert _final(run)[2] == epochs_done - 1
@@ -145,8 +154,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_unbroken_weights(unbroken, tmp_
         child.wait()
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL
-    _assert_complete_files(run, epochs_done=1)
+    _assert_complete_files(run, epochs_done=1, killed=True)
     _resume_and_compare(run, unbroken, {2: False, 3: True})
+    assert not (run / LOCK).exists()
 
 
 def test_sigterm_stops_after_the_batch_and_resumes_to_the_unbroken_weights(unbroken, tmp_path):
