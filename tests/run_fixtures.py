@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
+from vfmxai.ala import ALAModel, build_model
+from vfmxai.checkpoint import save_weights
 from vfmxai.config import RunConfig, preset
+from vfmxai.run_folder import WEIGHTS, dataset_split, write_run_files
 
 
 def tiny_run_config(**train: object) -> RunConfig:
@@ -20,3 +27,15 @@ def tiny_run_config(**train: object) -> RunConfig:
     for key, value in train.items():
         setattr(t, key, value)
     return config
+
+
+def untrained_run(config: RunConfig, out: str | Path) -> ALAModel:
+    """The untrained model `config` describes, written as a real run folder (config, classes, weights): a
+    stand-in for `train` where only what comes after training is under test."""
+    split = dataset_split(config, "train")
+    config.model.num_classes = split.num_classes
+    torch.manual_seed(config.train.seed)
+    model = build_model(config).eval()
+    write_run_files(Path(out), config, split.class_names)
+    save_weights(model, Path(out) / WEIGHTS)
+    return model

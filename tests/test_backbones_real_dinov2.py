@@ -80,15 +80,12 @@ def test_a_linear_probe_on_the_real_features_classifies_the_pets(tmp_path):
     Measured on this machine: 0.47 test accuracy (16 of 34; validation 0.38); the bound, six times chance,
     leaves room for BLAS differences, not for a broken probe or backbone."""
     from vfmxai.config import apply_overrides
-    from vfmxai.run_folder import dataset_split
     from vfmxai.training import train
 
     overrides = [f"backbone.name={DINOV2}", "backbone.image_size=224", "data.dataset=folder", f"data.root={PETS}"]
     config = apply_overrides(preset("probe"), overrides)
     model = train(config, tmp_path / "probe", progress=False)
-    test = dataset_split(config, "test")
-    images = torch.stack([test[i]["image"] for i in range(len(test))])
-    labels = torch.tensor([test[i]["label"] for i in range(len(test))])
+    images, _, labels = _test_split(config)
     with torch.no_grad():
         accuracy = float((model(images).argmax(1) == labels).float().mean())
     assert accuracy >= 0.3, accuracy
@@ -122,19 +119,26 @@ def test_ala_trained_with_the_dinov2_preset_points_at_the_pets(tmp_path):
     is only at an all-ones map's (0.340); the full preset reaches 0.39 on the test split (README)."""
     from vfmxai.ala.monitor import localisation_statistics
     from vfmxai.config import apply_overrides
-    from vfmxai.run_folder import dataset_split
     from vfmxai.training import train
 
     overrides = [f"backbone.name={DINOV2}", f"backbone.image_size={SIZE}", "train.epochs=8",
                  "data.dataset=folder", f"data.root={PETS}"]
     config = apply_overrides(preset("dinov2"), overrides)
     model = train(config, tmp_path / "run", progress=False)
-    test = dataset_split(config, "test")
-    images = torch.stack([test[i]["image"] for i in range(len(test))])
-    masks = torch.stack([test[i]["mask"] for i in range(len(test))])
+    images, masks, _ = _test_split(config)
     with torch.no_grad():
         maps, _ = model.explain(images)
     stats = localisation_statistics(maps, masks)
     chance = float(stats["mask_share"].mean())
     assert 0.3 < chance < 0.4
     assert float(stats["pg"].mean()) > chance + 0.15, (float(stats["pg"].mean()), chance)
+
+
+def _test_split(config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The configured dataset's test split as (images, masks, labels) tensors."""
+    from vfmxai.run_folder import dataset_split
+
+    test = dataset_split(config, "test")
+    samples = [test[i] for i in range(len(test))]
+    return (torch.stack([s["image"] for s in samples]), torch.stack([s["mask"] for s in samples]),
+            torch.tensor([s["label"] for s in samples]))

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_fixtures import untrained_run
 from torch.utils.data import Subset
 
 import vfmxai.training
-from vfmxai.ala import build_model
-from vfmxai.checkpoint import save_weights
 from vfmxai.classifier import LinearProbe
 from vfmxai.data import FolderDataset, loader_workers, write_synthetic
 from vfmxai.errors import VfmxaiError
@@ -48,7 +47,7 @@ from vfmxai.metrics import (
     mean_iou,
     pointing_game,
 )
-from vfmxai.run_folder import WEIGHTS, Recipe, check_classes, dataset_split, load_run, write_run_files
+from vfmxai.run_folder import Recipe, check_classes, dataset_split, load_run
 from vfmxai.viz import grid_size
 
 STEPS = 4
@@ -366,13 +365,7 @@ def test_reproduce_trains_each_seed_and_variant_once_and_aggregates(
         """An untrained model in a real run folder: `reproduce` only orchestrates training."""
         calls.append((config.train.seed, config.data.seed, config.model.lattice, config.backbone.lora,
                       config.train.aea))
-        split = dataset_split(config, "train")
-        config.model.num_classes = split.num_classes
-        torch.manual_seed(config.train.seed)
-        model = build_model(config).eval()
-        write_run_files(Path(out), config, split.class_names)
-        save_weights(model, Path(out) / WEIGHTS)
-        return model
+        return untrained_run(config, out)
 
     monkeypatch.setattr(vfmxai.training, "train", fake_train)
     result = reproduce(Recipe("toy", "synthetic", overrides=TINY), 2, tmp_path, FOUR, ablations=True,

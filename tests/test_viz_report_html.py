@@ -21,15 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_fixtures import untrained_run
 
 import vfmxai.training
 import vfmxai.viz.report_html as report_html
-from vfmxai.ala import build_model
-from vfmxai.checkpoint import save_weights
 from vfmxai.evaluation import EvaluationSettings, evaluate, load_per_image, reproduce
 from vfmxai.evaluation.report import per_image_scores
 from vfmxai.evaluation.reproduce import write_reproduce_report
-from vfmxai.run_folder import WEIGHTS, Recipe, dataset_split, load_run, write_run_files
+from vfmxai.run_folder import Recipe, dataset_split, load_run
 from vfmxai.viz.report_html import ReportImages, SummaryTable, read_report_data, write_report_html
 
 METHODS = ("ala", "gradcam", "rollout")
@@ -161,13 +160,7 @@ def test_5000_images_write_in_seconds_and_large_sprites_go_beside(
 def test_reproduce_writes_a_report_with_both_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_train(config, out, resume=False, progress=True, callbacks=None):
         """An untrained model in a real run folder: only the report is under test."""
-        split = dataset_split(config, "train")
-        config.model.num_classes = split.num_classes
-        torch.manual_seed(config.train.seed)
-        model = build_model(config).eval()
-        write_run_files(Path(out), config, split.class_names)
-        save_weights(model, Path(out) / WEIGHTS)
-        return model
+        return untrained_run(config, out)
 
     monkeypatch.setattr(vfmxai.training, "train", fake_train)
     reproduce(Recipe("toy", "synthetic", overrides=TINY), 1, tmp_path, EvaluationSettings(steps=4, batch_size=4),
