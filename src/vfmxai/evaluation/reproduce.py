@@ -153,15 +153,23 @@ def ablation_table(variant_dirs: Mapping[str, Sequence[Path]], seeds: Sequence[i
     return result
 
 
-def render_ablation_markdown(table: Mapping[str, Any]) -> str:
-    names = {name: ablation.label for name, ablation in ABLATIONS.items()}
-    marks = [
+ABLATION_COLUMNS = ("miou", "insertion", "deletion", "id")
+"""Table 4's metric columns, as the paper's."""
+
+
+def _ablation_marks() -> list[tuple[str, dict[str, str]]]:
+    """Table 4's leading tick columns: which of AEA, LoRA and the lattice each variant keeps."""
+    return [
         (header, {name: "✓" if getattr(ablation, part) else "" for name, ablation in ABLATIONS.items()})
         for header, part in (("AEA", "aea"), ("LoRA", "lora"), ("ALA", "lattice"))
     ]
+
+
+def render_ablation_markdown(table: Mapping[str, Any]) -> str:
+    names = {name: ablation.label for name, ablation in ABLATIONS.items()}
     body = render_table(
-        table["methods"], ("miou", "insertion", "deletion", "id"), table["p_values"] or None,
-        reference="full", leading=marks, names=names, first_header="Model",
+        table["methods"], ABLATION_COLUMNS, table["p_values"] or None,
+        reference="full", leading=_ablation_marks(), names=names, first_header="Model",
     )
     seeds = len(table["seeds"])
     return (
@@ -218,17 +226,12 @@ def write_reproduce_report(
 
 def _ablation_summary(table: Mapping[str, Any]) -> SummaryTable:
     """Table 4 as render_ablation_markdown lays it out."""
-    marks = [
-        (header, {name: "✓" if getattr(ablation, part) else "" for name, ablation in ABLATIONS.items()})
-        for header, part in (("AEA", "aea"), ("LoRA", "lora"), ("ALA", "lattice"))
-    ]
-    columns = ("miou", "insertion", "deletion", "id")
     p_values = {m: ps["miou"] for m, ps in (table.get("p_values") or {}).items() if "miou" in ps}
     rows = {name: table["methods"][name] for name in ABLATIONS if name in table["methods"]}  # on disk: sorted
     return SummaryTable(
         f"Ablations (paper Table 4 layout), mean ± std over {len(table['seeds'])} seed(s)", rows,
-        [(c, HEADERS[c]) for c in columns], labels={n: a.label for n, a in ABLATIONS.items()},
-        lower_is_better=LOWER_IS_BETTER, leading=marks,
+        [(c, HEADERS[c]) for c in ABLATION_COLUMNS], labels={n: a.label for n, a in ABLATIONS.items()},
+        lower_is_better=LOWER_IS_BETTER, leading=_ablation_marks(),
         p_values=("p vs (iv) (mIoU)", p_values) if p_values else None,
         note="(i) no lattice; (ii) no LoRA: backbone frozen; (iii) no AEA; (iv) full. p: Wilcoxon signed-rank "
         "over images against (iv).", first_header="Model",
