@@ -15,6 +15,7 @@ class ALAExplainer(Explainer):
     display_name = "ALA (ours)"
 
     unit_range = True
+    uses_target = False
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         explain = getattr(self.classifier, "explain", None)

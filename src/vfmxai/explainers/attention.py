@@ -24,7 +24,8 @@ from torch import Tensor
 from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, register, target_logits
+from vfmxai.explainers.base import Explainer, register
+from vfmxai.targets import Target
 
 HEAD_FUSIONS = ("mean", "max", "min")
 _KEYS = itertools.count()
@@ -168,16 +169,19 @@ class AttentionRollout(Explainer):
     tokens, on the patch grid.
     """
     display_name = "Rollout"
+    uses_target = False
 
-    def __init__(self, classifier: Classifier, head_fusion: str = "mean", start_block: int = 0):
-        super().__init__(classifier)
+    def __init__(
+        self, classifier: Classifier, head_fusion: str = "mean", start_block: int = 0, target: Target | None = None
+    ):
+        super().__init__(classifier, target)
         if head_fusion not in HEAD_FUSIONS:
             raise VfmxaiError(
                 f"method 'rollout': option head_fusion must be one of {'|'.join(HEAD_FUSIONS)},"
                 f" got {head_fusion!r}"
             )
         self.head_fusion = head_fusion
-        self.start_block = check_start_block("rollout", start_block, classifier.backbone)
+        self.start_block = check_start_block("rollout", start_block, self.classifier.backbone)
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         with torch.no_grad():
@@ -196,21 +200,21 @@ class TransformerAttribution(Explainer):
     of their CVPR 2021 "Transformer Interpretability Beyond Attention Visualization": the CVPR version
     weights each attention map by its LRP relevance, this one by its gradient —
     Ā = E_h[(∂y_t/∂A ⊙ A)^+], R = I, R ← R + Ā·R over the blocks. Map = the class token's row of R over
-    the patch tokens (patch grid). The gradient is of the target logit. Option `start_block` (0-based
-    first block included, default 0: all blocks, as the paper).
+    the patch tokens (patch grid). The gradient is of the target's score (default: the target logit).
+    Option `start_block` (0-based first block included, default 0: all blocks, as the paper).
     """
     display_name = "Transformer attribution"
 
-    def __init__(self, classifier: Classifier, start_block: int = 0):
-        super().__init__(classifier)
-        self.start_block = check_start_block("transformer_attribution", start_block, classifier.backbone)
+    def __init__(self, classifier: Classifier, start_block: int = 0, target: Target | None = None):
+        super().__init__(classifier, target)
+        self.start_block = check_start_block("transformer_attribution", start_block, self.classifier.backbone)
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         with torch.enable_grad():
             images = images.detach().requires_grad_(True)
             logits, records = forward_recorded(self.classifier, images, self.name)
             weights = [r.weights for r in records]
-            gradients = torch.autograd.grad(target_logits(logits, targets).sum(), weights, allow_unused=True)
+            gradients = torch.autograd.grad(self.score(logits, targets).sum(), weights, allow_unused=True)
         gradients = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, gradients, strict=True)]
         relevance = gradient_rollout([w.detach() for w in weights], gradients, self.start_block)
         backbone = self.classifier.backbone

@@ -8,9 +8,16 @@ and min-max normalises per image; a constant or all-zero map, which ranks no pix
 becomes all zeros. Forward/backward hooks are registered through `self.hook(...)` and released by
 `close()` / leaving the `with` block.
 
-Also here, the mechanics several methods share: the target's score (`target_logits`,
-`target_probabilities`), extra forward passes in chunks (`index_chunks`), and which modules are
-element-wise activations (`ACTIVATIONS`, rewritten by Guided BP and LRP).
+What a method explains is a `vfmxai.targets.Target` (option `target`, default the method's own
+`default_target`: the class logit, or the class probability for the methods whose papers score that):
+`self.target.scored_model(classifier)` is the model the method runs (`self.classifier`), and
+`self.score(output, index)` its score per row, the one call every method makes; `targets` are then each
+image's class for a class target, and its position in the batch for any other (`_targets`). A method whose
+definition ignores the target (`uses_target = False`) refuses a target in one line.
+
+Also here, the mechanics several methods share: extra forward passes in chunks (`index_chunks`), and which
+modules are element-wise activations (`ACTIVATIONS`, rewritten by Guided BP and LRP); `target_logits` and
+`target_probabilities` (the class targets' scores) live in `vfmxai.targets`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from transformers import activations as hf_activations
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
 from vfmxai.maps import normalize_maps, resize_maps
+from vfmxai.targets import ClassLogit, Target, check_target
+from vfmxai.targets import target_logits as target_logits  # re-exported: where methods have always found it
+from vfmxai.targets import target_probabilities as target_probabilities
 
 _REGISTRY: dict[str, type[Explainer]] = {}
 
@@ -48,7 +58,7 @@ def default_options(name: str) -> dict[str, Any]:
     """The keyword options of method `name` with their defaults (so a run can record what it used)."""
     if name not in _REGISTRY:
         raise VfmxaiError(f"unknown method '{name}' (available: {', '.join(available())})")
-    parameters = list(inspect.signature(_REGISTRY[name].__init__).parameters.values())[2:]
+    parameters = _option_parameters(name).values()
     return {
         p.name: p.default
         for p in parameters
@@ -56,12 +66,19 @@ def default_options(name: str) -> dict[str, Any]:
     }
 
 
+def _option_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """Method `name`'s options: its constructor's keyword parameters after the classifier, less `target` (an
+    object, not a setting)."""
+    parameters = list(inspect.signature(_REGISTRY[name].__init__).parameters.items())[2:]
+    return {key: p for key, p in parameters if key != "target"}
+
+
 def check_options(name: str, options: dict[str, Any]) -> None:
     """VfmxaiError (one line) for an option method `name` does not take, or a value whose type differs from its
     default's (an int where a float is expected is fine): checked before any work, so a typo never costs a run."""
     if name not in _REGISTRY:
         raise VfmxaiError(f"unknown method '{name}' (available: {', '.join(available())})")
-    parameters = dict(list(inspect.signature(_REGISTRY[name].__init__).parameters.items())[2:])
+    parameters = _option_parameters(name)
     for option, value in options.items():
         if option not in parameters:
             raise VfmxaiError(f"method '{name}': unknown option '{option}' (options: {', '.join(parameters)})")
@@ -91,10 +108,15 @@ def unit_range(name: str) -> bool:
 
 
 def get(name: str, classifier: Classifier, **options: Any) -> Explainer:
-    """The explainer registered as `name`, bound to `classifier`."""
+    """The explainer registered as `name`, bound to `classifier` (`target=` a `Target` among the options)."""
     if name not in _REGISTRY:
         raise VfmxaiError(f"unknown method '{name}' (available: {', '.join(available())})")
     return _REGISTRY[name](classifier, **options)
+
+
+def uses_target(name: str) -> bool:
+    """Whether method `name`'s definition has a target (`Explainer.uses_target`)."""
+    return bool(_REGISTRY[name].uses_target) if name in _REGISTRY else False
 
 
 class Explainer:
@@ -105,12 +127,24 @@ class Explainer:
     """True when `attribute` returns values on a fixed [0, 1] scale (ALA's sigmoid map), so a raw threshold
     means the same on every image."""
 
-    def __init__(self, classifier: Classifier):
-        self.classifier = classifier
+    default_target: Target = ClassLogit()
+    """What the method explains when no `target` is given: the score its paper uses."""
+    uses_target: bool = True
+    """False for a method whose map does not depend on a target (it then refuses one)."""
+
+    def __init__(self, classifier: Classifier, target: Target | None = None):
+        if target is not None and not self.uses_target:
+            raise VfmxaiError(f"method '{self.name}' takes no target: its map does not depend on what is explained")
+        self.target = self.default_target if target is None else check_target(target, self.name)
+        self.classifier = self.target.scored_model(classifier)
         self._handles: list[RemovableHandle] = []
 
+    def score(self, output: Tensor, index: Tensor) -> Tensor:
+        """The target's score (n,) of the rows of the model's `output`; `index` (n,): each row's entry of `targets`."""
+        return self.target.score(output, index)
+
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
-        """Raw relevance (B, h, w) of each image for its target class; larger = more important."""
+        """Raw relevance (B, h, w) of each image for its target; larger = more important."""
         raise NotImplementedError
 
     def __call__(self, images: Tensor, targets: Tensor | None = None, normalize: bool = True) -> Tensor:
@@ -134,6 +168,13 @@ class Explainer:
         return images.float()
 
     def _targets(self, images: Tensor, targets: Tensor | None) -> Tensor:
+        if not self.target.per_class:
+            if targets is not None:
+                raise VfmxaiError(
+                    f"method '{self.name}': targets are class indices, for a class target; target "
+                    f"{self.target.describe()} takes none"
+                )
+            return torch.arange(images.shape[0], device=images.device)
         if targets is None:
             with torch.no_grad():
                 return self.classifier(images).argmax(dim=1)
@@ -182,17 +223,6 @@ def _activation_types() -> tuple[type[nn.Module], ...]:
 ACTIVATIONS = _activation_types()
 """Element-wise rectifier-like activation modules, f(0) = 0, f(x) ~ x for x >> 0 and ~ 0 for x << 0 (torch's and
 transformers' ReLU, GELU, QuickGELU, SiLU, Mish families): where Guided BP gates and LRP's identity rule applies."""
-
-
-def target_logits(logits: Tensor, targets: Tensor) -> Tensor:
-    """Each image's target logit (B,) of logits (B, C); its sum over the batch is the score the gradient
-    methods differentiate (images do not interact, so gradients stay per image)."""
-    return logits.gather(1, targets.view(-1, 1)).squeeze(1)
-
-
-def target_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
-    """Each image's softmax probability (B,) of its target, computed in float32."""
-    return logits.float().softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
 
 
 def index_chunks(outer: int, inner: int, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:

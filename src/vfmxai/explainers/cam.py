@@ -14,8 +14,9 @@ from torch import Tensor
 
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, index_chunks, register, target_logits, target_probabilities
+from vfmxai.explainers.base import Explainer, index_chunks, register
 from vfmxai.maps import normalize_maps
+from vfmxai.targets import ClassProbability, Target
 
 
 class _HiddenStateTaps:
@@ -79,9 +80,9 @@ class GradCAM(Explainer):
     """
     display_name = "Grad-CAM"
 
-    def __init__(self, classifier: Classifier, layer: int | None = None):
-        super().__init__(classifier)
-        k = _check_classifier("gradcam", classifier)
+    def __init__(self, classifier: Classifier, layer: int | None = None, target: Target | None = None):
+        super().__init__(classifier, target)
+        k = _check_classifier("gradcam", self.classifier)
         self.explicit_layer = layer is not None
         self.layers = [k, k - 1] if layer is None else [_resolve_layer("gradcam", layer, k)]
         self.last_layer: int | None = None
@@ -91,7 +92,7 @@ class GradCAM(Explainer):
         pixels = images.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             logits, states = self._taps.run(self.classifier, pixels)
-            score = target_logits(logits, targets).sum()
+            score = self.score(logits, targets).sum()
             acts = [states[i] for i in self.layers]
             grads = torch.autograd.grad(score, acts, allow_unused=True)
         prefix = self.classifier.backbone.num_prefix_tokens
@@ -128,9 +129,18 @@ class ScoreCAM(Explainer):
     """
     display_name = "Score-CAM"
 
-    def __init__(self, classifier: Classifier, layer: int = -1, batch_size: int = 64, max_channels: int | None = None):
-        super().__init__(classifier)
-        k = _check_classifier("scorecam", classifier)
+    default_target = ClassProbability()
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        layer: int = -1,
+        batch_size: int = 64,
+        max_channels: int | None = None,
+        target: Target | None = None,
+    ):
+        super().__init__(classifier, target)
+        k = _check_classifier("scorecam", self.classifier)
         if int(batch_size) < 1:
             raise VfmxaiError(f"method 'scorecam': option batch_size={batch_size} must be positive")
         if max_channels is not None and int(max_channels) < 1:
@@ -149,7 +159,7 @@ class ScoreCAM(Explainer):
         k = d if self.max_channels is None else min(self.max_channels, d)
         channels = acts.flatten(2).var(dim=2).topk(k, dim=1).indices  # (B, K)
         selected = acts.gather(1, channels.view(b, k, 1, 1).expand(-1, -1, *acts.shape[2:]))  # (B, K, gh, gw)
-        base_prob = target_probabilities(self.classifier(torch.zeros_like(images)), targets)
+        base_prob = self.score(self.classifier(torch.zeros_like(images)), targets)
         scores = torch.empty(b, k, device=images.device)
         for image_idx, channel_idx in index_chunks(b, k, self.batch_size, images.device):
             masks = F.interpolate(
@@ -157,6 +167,6 @@ class ScoreCAM(Explainer):
             )
             masks = normalize_maps(masks.squeeze(1)).unsqueeze(1)
             logits = self.classifier(images[image_idx] * masks)
-            scores[image_idx, channel_idx] = target_probabilities(logits, targets[image_idx])
+            scores[image_idx, channel_idx] = self.score(logits, targets[image_idx])
         weights = scores - base_prob.view(b, 1)
         return F.relu((weights.view(b, k, 1, 1) * selected).sum(dim=1))

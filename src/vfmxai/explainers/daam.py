@@ -8,7 +8,8 @@ Per-block map M_b[j] = ReLU(Σ_c w_b[c] · F_b[j, c]) over the patch tokens; the
 block b is Σ_{i ≤ b} M_i (the authors' default, without per-block normalisation).
 
 Modes (option `mode`):
-- "supervised" (default): score = the target logit; w = ReLU(∂y_t/∂o_cls), as the authors' code.
+- "supervised" (default): score = the target's (default: the target logit); w = ReLU(∂y_t/∂o_cls), as the
+  authors' code.
 - "self_supervised": for a backbone with no classifier head. Score = Σ_d ω_d f_d, f = the backbone's
   pooled embedding (`Backbone.pooled` of the last state; CLIP: the normed class token), with the
   dimension-wise importance weights ω (paper §3.3) held constant: ω = minmax(f̂ ⊙ p / |Σ_d f̂_d p_d|),
@@ -38,7 +39,8 @@ from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers.attention import class_row, forward_recorded
-from vfmxai.explainers.base import Explainer, register, target_logits
+from vfmxai.explainers.base import Explainer, register
+from vfmxai.targets import Target
 
 MODES = ("supervised", "self_supervised")
 
@@ -121,15 +123,21 @@ class DAAM(Explainer):
         prototype: Tensor | None = None,
         memory_bank: tuple[Tensor, Tensor] | None = None,
         k: int = 20,
+        target: Target | None = None,
     ):
         if mode not in MODES:
             raise VfmxaiError(f"method 'daam': option mode must be one of {'|'.join(MODES)}, got {mode!r}")
-        if isinstance(classifier, Backbone):
-            if mode != "self_supervised":
-                raise VfmxaiError(
-                    "method 'daam': a bare backbone (no classifier head) needs mode='self_supervised'"
-                )
-        elif (prototype is not None or memory_bank is not None) and mode != "self_supervised":
+        if mode == "self_supervised" and target is not None:
+            raise VfmxaiError(
+                "method 'daam': mode='self_supervised' scores the embedding by its own weights (paper §3.3) and "
+                "takes no target; use mode='supervised' to explain a target"
+            )
+        if isinstance(classifier, Backbone) and mode != "self_supervised" and target is None:
+            raise VfmxaiError(
+                "method 'daam': a bare backbone (no classifier head) needs mode='self_supervised' or an embedding "
+                "target (reference, prompt)"
+            )
+        if (prototype is not None or memory_bank is not None) and mode != "self_supervised":
             raise VfmxaiError("method 'daam': options prototype and memory_bank apply to mode='self_supervised' only")
         if prototype is not None and memory_bank is not None:
             raise VfmxaiError("method 'daam': give option prototype or memory_bank, not both")
@@ -149,7 +157,7 @@ class DAAM(Explainer):
             )
         if mode == "self_supervised":
             classifier = EmbeddingScore(backbone, prototype, memory_bank, k)
-        super().__init__(classifier)
+        super().__init__(classifier, target)
         self.mode = mode
 
     def _targets(self, images: Tensor, targets: Tensor | None) -> Tensor:
@@ -168,7 +176,7 @@ class DAAM(Explainer):
             images = images.detach().requires_grad_(True)
             logits, records = forward_recorded(self.classifier, images, self.name)
             contexts = [r.context for r in records]
-            grads = torch.autograd.grad(target_logits(logits, targets).sum(), contexts, allow_unused=True)
+            grads = torch.autograd.grad(self.score(logits, targets).sum(), contexts, allow_unused=True)
         maps = []
         for record, grad in zip(records, grads, strict=True):
             pooled_attention = class_row(record.weights.detach(), backbone).float()  # (B, heads, T)

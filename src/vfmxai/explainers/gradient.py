@@ -1,9 +1,9 @@
 """Pixel-gradient methods: Integrated Gradients (`ig`) and Guided Backpropagation (`guided_bp`).
 
-Both differentiate the target class's logit (not its softmax probability) with respect to the pixels
-in [0, 1] the person sees (the backbone normalises internally). Both work on any `nn.Module` that maps
-(B, 3, H, W) to logits and has `num_classes`: no backbone is needed. `attribute_pixels` returns the raw
-per-pixel-per-channel attributions (B, 3, H, W); the map is reduced from them over colour channels:
+Both differentiate the target's score (default: the target class's logit, not its softmax probability) with
+respect to the pixels in [0, 1] the person sees (the backbone normalises internally). Both work on any
+`nn.Module` that maps (B, 3, H, W) to logits and has `num_classes`: no backbone is needed. `attribute_pixels`
+returns the raw per-pixel-per-channel attributions (B, 3, H, W); the map is reduced from them over colour channels:
 `sign="absolute"` (default) gives |sum_c a_c| (captum's visualisation convention: evidence for and
 against the target both count as "important"), `sign="positive"` gives max(sum_c a_c, 0) (evidence for
 the target only).
@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import ACTIVATIONS, Explainer, index_chunks, register, target_logits
+from vfmxai.explainers.base import ACTIVATIONS, Explainer, index_chunks, register
 from vfmxai.metrics.perturbation import gaussian_blur
+from vfmxai.targets import Target
 
 SIGNS = ("absolute", "positive")
 
@@ -38,9 +39,9 @@ def _check_sign(method: str, sign: str) -> str:
 class IntegratedGradients(Explainer):
     """Integrated Gradients (Sundararajan et al. 2017): a_i = (x_i - x'_i) * integral_0^1 dF(x' + t(x - x'))/dx_i dt.
 
-    F is the target logit, so completeness reads sum_i a_i ~= F(x) - F(x'). The integral is taken by
-    `method="gausslegendre"` (default; `steps` Gauss-Legendre nodes on [0, 1], exact for polynomials of
-    degree 2*steps - 1, captum's default) or `"riemann_trapezoid"` (`steps` equally spaced points, end
+    F is the target's score (default: the target logit), so completeness reads sum_i a_i ~= F(x) - F(x'). The
+    integral is taken by `method="gausslegendre"` (default; `steps` Gauss-Legendre nodes on [0, 1], exact for
+    polynomials of degree 2*steps - 1, captum's default) or `"riemann_trapezoid"` (`steps` equally spaced points, end
     points halved, weights summing to 1: a true trapezoid rule. captum's `riemann_trapezoid` uses the same
     nodes but weights that sum to (steps - 1) / steps, so its attributions are smaller by that factor).
     Baselines x': `"black"` (zeros, default),
@@ -62,8 +63,9 @@ class IntegratedGradients(Explainer):
         internal_batch_size: int = 64,
         blur_sigma: float | None = None,
         sign: str = "absolute",
+        target: Target | None = None,
     ):
-        super().__init__(classifier)
+        super().__init__(classifier, target)
         if int(steps) < 2:
             raise VfmxaiError(f"method 'ig': option steps={steps} must be at least 2")
         if baseline not in self.BASELINES:
@@ -110,7 +112,7 @@ class IntegratedGradients(Explainer):
             alpha = alphas[step_idx].view(-1, 1, 1, 1)
             path = (base[image_idx] + alpha * (images[image_idx] - base[image_idx])).requires_grad_(True)
             with torch.enable_grad():
-                score = target_logits(self.classifier(path), targets[image_idx]).sum()
+                score = self.score(self.classifier(path), targets[image_idx]).sum()
                 (grad,) = torch.autograd.grad(score, path)
             total.index_add_(0, image_idx, grad * weights[step_idx].view(-1, 1, 1, 1))
         return (images - base) * total
@@ -158,11 +160,11 @@ class GuidedBackprop(Explainer):
     """
     display_name = "Guided BP"
 
-    def __init__(self, classifier: nn.Module, sign: str = "absolute"):
-        super().__init__(classifier)
+    def __init__(self, classifier: nn.Module, sign: str = "absolute", target: Target | None = None):
+        super().__init__(classifier, target)
         self.sign = _check_sign("guided_bp", sign)
         self._active = False
-        self.gated = [m for m in classifier.modules() if isinstance(m, ACTIVATIONS)]
+        self.gated = [m for m in self.classifier.modules() if isinstance(m, ACTIVATIONS)]
         for module in self.gated:
             self.hook(module, "forward", self._gate)
 
@@ -179,7 +181,7 @@ class GuidedBackprop(Explainer):
         self._active = True
         try:
             with torch.enable_grad():
-                score = target_logits(self.classifier(pixels), targets).sum()
+                score = self.score(self.classifier(pixels), targets).sum()
                 (grad,) = torch.autograd.grad(score, pixels)
         finally:
             self._active = False

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers.attention import swap_attention
-from vfmxai.explainers.base import ACTIVATIONS, Explainer, register, target_logits
+from vfmxai.explainers.base import ACTIVATIONS, Explainer, register
+from vfmxai.targets import Target
 
 SOFTMAX_RULES = ("attnlrp", "cp")
 LEVELS = ("patch", "pixel")
@@ -125,8 +126,10 @@ class AttnLRP(Explainer):
     """
     display_name = "LRP"
 
-    def __init__(self, classifier: Classifier, softmax_rule: str = "attnlrp", level: str = "patch"):
-        super().__init__(classifier)
+    def __init__(
+        self, classifier: Classifier, softmax_rule: str = "attnlrp", level: str = "patch", target: Target | None = None
+    ):
+        super().__init__(classifier, target)
         if softmax_rule not in SOFTMAX_RULES:
             raise VfmxaiError(
                 f"method 'lrp': option softmax_rule must be one of {'|'.join(SOFTMAX_RULES)},"
@@ -155,13 +158,13 @@ class AttnLRP(Explainer):
                 self._handles.remove(handle)
 
     def relevance(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """(input relevance (B, 3, H, W), target logits (B,)): relevance of each normalised pixel value."""
+        """(input relevance (B, 3, H, W), target scores (B,)): relevance of each normalised pixel value."""
         backbone = self.classifier.backbone
         with torch.enable_grad(), self.rules():
             images = images.detach().requires_grad_(True)
             logits = self.classifier(images)
-            (grad,) = torch.autograd.grad(target_logits(logits, targets).sum(), images)
-        return (images.detach() - backbone.mean) * grad, target_logits(logits.detach(), targets)
+            (grad,) = torch.autograd.grad(self.score(logits, targets).sum(), images)
+        return (images.detach() - backbone.mean) * grad, self.score(logits.detach(), targets)
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         pixels = self.relevance(images, targets)[0].sum(dim=1)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, index_chunks, register, target_probabilities
+from vfmxai.explainers.base import Explainer, index_chunks, register
+from vfmxai.targets import ClassProbability, Target
 
 
 def rise_masks(
@@ -51,6 +52,7 @@ class RISE(Explainer):
     map. The (image, mask) pairs go through the model `batch_size` at a time.
     """
     display_name = "RISE"
+    default_target = ClassProbability()
 
     def __init__(
         self,
@@ -60,8 +62,9 @@ class RISE(Explainer):
         p_keep: float = 0.5,
         batch_size: int = 64,
         seed: int = 0,
+        target: Target | None = None,
     ):
-        super().__init__(classifier)
+        super().__init__(classifier, target)
         for option, value in (("n_masks", n_masks), ("grid", grid), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise VfmxaiError(f"method 'rise': option {option}={value} must be a positive integer")
@@ -88,6 +91,6 @@ class RISE(Explainer):
             masks = upsample_masks(*(t[first : int(mask_idx[-1]) + 1] for t in (cells, shift_y, shift_x)), (h, w))
             masks = masks[mask_idx - first]
             logits = self.classifier(images[image_idx] * masks.unsqueeze(1).to(images.dtype))
-            probs = target_probabilities(logits, targets[image_idx])
+            probs = self.score(logits, targets[image_idx])
             saliency.index_add_(0, image_idx, probs.view(-1, 1, 1) * masks)
         return saliency / (self.n_masks * self.p_keep)
