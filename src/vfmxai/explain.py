@@ -6,11 +6,19 @@ Memory stays near the decoded file's size: a large 8-bit RGB or gray image is ar
 at most 8× the input side before it becomes float (`model_input`), and the overlay is drawn a block of
 rows at a time. An image smaller than the input (even smaller than one patch) is upsampled to it like
 any other.
+
+What is explained (`target`, validated before any work): `class` (default: the predicted class, scored as
+each method's paper does: the logit, the probability for RISE and Score-CAM), `logit` or `prob` (that score
+for every method), `prompt:TEXT` (CLIP image–text similarity, contrasted with the `against` prompts when
+given), `reference:IMAGE` (cosine similarity of the embeddings to that image's). `backbone` (instead of a
+run folder) explains a bare backbone, for the targets that need no head; `prompt` needs a whole CLIP
+directory (the run's backbone directory, with a run).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +26,70 @@ import torch
 from PIL import Image
 
 from vfmxai import explainers
-from vfmxai.backbones import merged_lora
+from vfmxai.backbones import load_backbone, load_clip, merged_lora
 from vfmxai.data.images import DECODABLE_SUFFIXES, open_image, to_rgb_array
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write, atomic_write_text, check_out_folder
 from vfmxai.maps import normalize_maps, resize_maps
 from vfmxai.run_folder import load_run
 from vfmxai.runtime import autocast, check_device, resolve_precision
+from vfmxai.targets import ClassLogit, ClassProbability, PromptScores, ReferenceSimilarity, Target
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
 
+TARGET_KINDS = ("class", "logit", "prob", "prompt", "reference")
 
-def _save_block_figures(model, batch: torch.Tensor, targets: torch.Tensor, paths: list[Path], out: Path) -> None:
-    with explainers.get("daam", model) as daam:
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """`--target` parsed: `kind` in TARGET_KINDS; `text` the prompt or the reference image's path."""
+
+    kind: str
+    text: str = ""
+    against: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str, against: list[str] | tuple[str, ...] = ()) -> TargetSpec:
+        kind, colon, text = spec.partition(":")
+        if kind not in TARGET_KINDS or bool(colon) != (kind in ("prompt", "reference")):
+            raise VfmxaiError(f"--target {spec!r}: must be class, logit, prob, prompt:TEXT or reference:IMAGE")
+        if colon and not text.strip():
+            what = "text" if kind == "prompt" else "image file"
+            raise VfmxaiError(f"--target {spec!r}: give the {what} after '{kind}:'")
+        if against and kind != "prompt":
+            raise VfmxaiError("--against: contrasts prompts, so it needs --target prompt:TEXT")
+        if any(not a.strip() for a in against):
+            raise VfmxaiError("--against: every prompt must be non-empty text")
+        if kind == "reference":
+            path = Path(text)
+            if not path.is_file():
+                raise VfmxaiError(f"--target reference:{text}: no such image file")
+            open_image(path)  # an undecodable file is named here, before any model is loaded
+        return cls(kind, text, tuple(against))
+
+    @property
+    def per_class(self) -> bool:
+        return self.kind in ("class", "logit", "prob")
+
+
+def _target(spec: TargetSpec, model, size: int, device: str, clip_dir: str | None) -> Target | None:
+    """The target object for `model` (None: each method's default class score)."""
+    if spec.kind == "class":
+        return None
+    if spec.kind in ("logit", "prob"):
+        return ClassLogit() if spec.kind == "logit" else ClassProbability()
+    if spec.kind == "reference":
+        reference = model_input(open_image(Path(spec.text)), size)[None].to(device)
+        return ReferenceSimilarity.from_images(model, reference, name=f"reference {Path(spec.text).name}")
+    if clip_dir is None:
+        raise VfmxaiError("--target prompt: needs a CLIP model with its text tower; the run's backbone is no directory")
+    _, clip, tokenizer = load_clip(clip_dir)
+    return PromptScores(clip.to(device), tokenizer, spec.text, spec.against)
+
+
+def _save_block_figures(model, batch: torch.Tensor, targets: torch.Tensor | None, paths: list[Path], out: Path,
+                        target: Target | None) -> None:
+    with explainers.get("daam", model, target=target) as daam:
         _, accumulated = daam.explain_blocks(batch, targets)
     accumulated = accumulated.detach().cpu()
     for i, path in enumerate(paths):
@@ -103,7 +162,7 @@ def save_overlay_by_rows(im: Image.Image, heat: np.ndarray, path: Path) -> None:
 
 
 def explain_files(
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     methods: list[str],
     inputs: list[str | Path],
     out: str | Path,
@@ -112,13 +171,21 @@ def explain_files(
     per_block: bool = False,
     precision: str = "auto",
     force: bool = False,
+    target: str = "class",
+    against: list[str] | tuple[str, ...] = (),
+    backbone: str | None = None,
+    image_size: int | None = None,
 ) -> dict[str, dict]:
-    """Explain every image with every method; returns and writes `predictions.json` (class, probability).
+    """Explain every image with every method; returns and writes `predictions.json` (class, probability; for a
+    target other than a class: the target and each image's score).
 
     `precision`: as `vfmxai.runtime.autocast` (auto: bf16 on a GPU); the maps written are float32.
 
     `per_block` (with method `daam`) also writes `<name>.daam.blocks.png`: the DAAM map accumulated over
     blocks 1..b for every b, left to right, each column scaled to [0, 1] for display.
+
+    `target`, `against`: what is explained (module docstring). `backbone` (a directory, preset or cached id) at
+    `image_size` (None: its native size) replaces `run_dir` for the targets that need no head.
 
     One explain per `out`: a folder that already holds an earlier explain's `predictions.json`, or any file
     this one would write, is refused unless `force`, which first deletes the earlier explain's outputs (the
@@ -137,20 +204,54 @@ def explain_files(
         raise VfmxaiError("--per-block draws DAAM's block-by-block maps: add daam to --method")
     if batch_size < 1:
         raise VfmxaiError(f"--batch-size must be >= 1, got {batch_size}")
+    spec = _check_target(target, against, methods, run_dir, backbone, image_size)
     check_device(device)
     precision = resolve_precision(precision, device)
     out = check_out_folder(out)
     paths = collect_images(inputs)
     _check_explain_out(out, inputs, paths, methods, per_block, force)
-    model, config, class_names = load_run(run_dir, device)
-    size = config.backbone.image_size
+    if backbone is None:
+        model, config, class_names = load_run(run_dir, device)
+        size, clip_dir = config.backbone.image_size, config.backbone.name
+    else:
+        if spec.kind == "prompt":
+            model, clip_dir = load_clip(backbone, image_size)[0], backbone
+        else:
+            model, clip_dir = load_backbone(backbone, image_size), None
+        model, size, class_names = model.to(device).eval(), model.image_size, []
     predictions: dict[str, dict] = {}
     with merged_lora(model), autocast(precision, device):
+        target_object = _target(spec, model, size, device, clip_dir if Path(clip_dir or "").is_dir() else None)
         for start in range(0, len(paths), batch_size):
             _explain_chunk(model, methods, paths[start : start + batch_size], size, class_names, out, predictions,
-                           device, per_block)
+                           device, per_block, target_object)
     atomic_write_text(out / PREDICTIONS, json.dumps(predictions, indent=2, sort_keys=True) + "\n")
     return predictions
+
+
+def _check_target(
+    target: str, against: list[str] | tuple[str, ...], methods: list[str], run_dir: str | Path | None,
+    backbone: str | None, image_size: int | None,
+) -> TargetSpec:
+    """`--target` and what it needs (a model it can score, methods that take a target), checked before any work."""
+    if (run_dir is None) == (backbone is None):
+        raise VfmxaiError("--checkpoint or --backbone: give one (a trained run, or a bare backbone to explain)")
+    if image_size is not None and backbone is None:
+        raise VfmxaiError("--image-size: applies to --backbone (a run explains at the size it was trained at)")
+    spec = TargetSpec.parse(target, against)
+    if backbone is not None and spec.per_class:
+        raise VfmxaiError(
+            f"--target {target}: a bare --backbone has no class logits; use --checkpoint RUN, or --target "
+            "reference:IMAGE or prompt:TEXT"
+        )
+    if spec.kind != "class":
+        fixed = [m for m in methods if not explainers.uses_target(m)]
+        if fixed:
+            raise VfmxaiError(
+                f"--target {target}: method(s) {', '.join(fixed)} take no target (their maps do not depend on "
+                "what is explained); leave them out or use --target class"
+            )
+    return spec
 
 
 def _outputs(stem: str, methods: list[str], per_block: bool) -> list[str]:
@@ -194,21 +295,29 @@ def _check_explain_out(
 
 
 def _explain_chunk(model, methods: list[str], chunk: list[Path], size: int, class_names: list[str], out: Path,
-               predictions: dict[str, dict], device: str, per_block: bool) -> None:
+               predictions: dict[str, dict], device: str, per_block: bool, target: Target | None) -> None:
     """One batch of files: predict, explain with every method, write maps and overlays (LoRA merged)."""
     decoded = [open_image(p) for p in chunk]
     batch = torch.stack([model_input(im, size) for im in decoded]).to(device)
-    with torch.no_grad():
-        probs = model(batch).float().softmax(dim=1)
-    predicted = probs.argmax(dim=1)
-    for path, cls, p in zip(chunk, predicted.tolist(), probs.max(dim=1).values.tolist(), strict=True):
-        predictions[path.stem] = {"file": str(path), "class": cls, "class_name": class_names[cls], "probability": p}
+    if target is None or target.per_class:
+        with torch.no_grad():
+            probs = model(batch).float().softmax(dim=1)
+        predicted = probs.argmax(dim=1)
+        for path, cls, p in zip(chunk, predicted.tolist(), probs.max(dim=1).values.tolist(), strict=True):
+            predictions[path.stem] = {"file": str(path), "class": cls, "class_name": class_names[cls], "probability": p}
+    else:
+        predicted = None
+        index = torch.arange(len(chunk), device=batch.device)
+        with torch.no_grad():
+            scores = target.score(target.scored_model(model)(batch), index).float()
+        for path, score in zip(chunk, scores.tolist(), strict=True):
+            predictions[path.stem] = {"file": str(path), "target": target.describe(), "score": score}
     for method in methods:
-        with explainers.get(method, model) as explainer:
+        with explainers.get(method, model, target=target) as explainer:
             maps = explainer(batch, predicted).cpu()
         for path, im, heat in zip(chunk, decoded, maps, strict=True):
             full = resize_maps(heat[None].float(), (im.height, im.width))[0].numpy()
             atomic_write(out / f"{path.stem}.{method}.npy", lambda tmp, a=full: save_npy(tmp, a))
             save_overlay_by_rows(im, full, out / f"{path.stem}.{method}.png")
     if per_block:
-        _save_block_figures(model, batch, predicted, chunk, out)
+        _save_block_figures(model, batch, predicted, chunk, out, target)

@@ -8,6 +8,8 @@ Names `load_backbone` accepts:
   registers, or ViT);
 - a Hugging Face id, resolved in the local cache only (`HF_HUB_OFFLINE` is always honoured: nothing
   is downloaded).
+
+`load_clip(dir)` loads a whole CLIP directory (both towers and the tokenizer), for prompt targets.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoConfig,
+    AutoTokenizer,
+    CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModel,
     Dinov2Model,
@@ -166,3 +170,28 @@ def _from_hub_cache(repo_id: str, image_size: int | None) -> Backbone:
             "and pass its directory with --backbone /path/to/dir (or --set backbone.name=/path/to/dir)"
         ) from None
     return _from_directory(Path(local), image_size, repo_id)
+
+
+def load_clip(path: str | Path, image_size: int | None = None) -> tuple[Backbone, CLIPModel, object]:
+    """(the vision tower as a `Backbone`, the whole `CLIPModel`, its tokenizer) of a local CLIP directory: a
+    transformers `CLIPModel` (config.json with model_type `clip`, so both towers) and its tokenizer files."""
+    path = Path(path).expanduser()
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise VfmxaiError(f"--backbone {path}: prompt targets need a CLIP model directory (config.json); none there")
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") != "clip" or "text_config" not in config:
+        raise VfmxaiError(
+            f"--backbone {path}: prompt targets need a whole CLIP model (model_type 'clip' with a text tower), "
+            f"found model_type '{config.get('model_type', '')}'"
+        )
+    transformers_logging.disable_progress_bar()
+    try:
+        clip = CLIPModel.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise VfmxaiError(f"--backbone {path}: could not load the CLIP or its tokenizer ({first.strip()})") from None
+    mean, std = _preprocessing(path, CLIP_MEAN, CLIP_STD)
+    size = image_size or int(clip.config.vision_config.image_size)
+    return Backbone(clip.vision_model, "clip", size, mean, std, str(path)), clip, tokenizer

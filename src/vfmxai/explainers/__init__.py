@@ -13,6 +13,7 @@ from vfmxai.explainers.base import (
     get,
     register,
     unit_range,
+    uses_target,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "get",
     "register",
     "unit_range",
+    "uses_target",
 ]

@@ -170,7 +170,9 @@ class DAAM(Explainer):
         """(per_block (B, k, h, w), accumulated (B, k, h, w)) on the patch grid, raw (before display scaling);
         accumulated[:, b] = Σ_{i ≤ b} per_block[:, i]."""
         images = self._check_images(images)
-        targets = self._targets(images, targets)
+        return self._blocks(images, self._targets(images, targets))
+
+    def _blocks(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         backbone = self.classifier.backbone
         with torch.enable_grad():
             images = images.detach().requires_grad_(True)
@@ -197,4 +199,4 @@ class DAAM(Explainer):
         return grad[:, backbone.num_prefix_tokens :].sum(dim=1).flatten(1).float()
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
-        return self.explain_blocks(images, targets)[1][:, -1]
+        return self._blocks(images, targets)[1][:, -1]

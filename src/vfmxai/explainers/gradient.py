@@ -104,7 +104,9 @@ class IntegratedGradients(Explainer):
     def attribute_pixels(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
         """Raw attributions (B, 3, H, W); their sum per image approximates F(x) - F(baseline)."""
         images = self._check_images(images).detach()
-        targets = self._targets(images, targets)
+        return self._pixels(images, self._targets(images, targets))
+
+    def _pixels(self, images: Tensor, targets: Tensor) -> Tensor:
         base = self.baseline_images(images)
         alphas, weights = (t.to(images.device, images.dtype) for t in self.nodes())
         total = torch.zeros_like(images)
@@ -118,7 +120,7 @@ class IntegratedGradients(Explainer):
         return (images - base) * total
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
-        return reduce_channels(self.attribute_pixels(images, targets), self.sign)
+        return reduce_channels(self._pixels(images.detach(), targets), self.sign)
 
 
 class _GuidedGate(torch.autograd.Function):
@@ -174,9 +176,11 @@ class GuidedBackprop(Explainer):
         return _GuidedGate.apply(inputs[0], output, module)
 
     def attribute_pixels(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
-        """Guided gradients of the target logits with respect to the pixels, (B, 3, H, W)."""
+        """Guided gradients of the target's scores with respect to the pixels, (B, 3, H, W)."""
         images = self._check_images(images).detach()
-        targets = self._targets(images, targets)
+        return self._pixels(images, self._targets(images, targets))
+
+    def _pixels(self, images: Tensor, targets: Tensor) -> Tensor:
         pixels = images.clone().requires_grad_(True)
         self._active = True
         try:
@@ -188,4 +192,4 @@ class GuidedBackprop(Explainer):
         return grad
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
-        return reduce_channels(self.attribute_pixels(images, targets), self.sign)
+        return reduce_channels(self._pixels(images.detach(), targets), self.sign)
