@@ -70,7 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
 
     explain = sub.add_parser("explain", help="overlays and raw maps for images or folders")
-    explain.add_argument("--checkpoint", required=True, type=Path)
+    explain.add_argument("--checkpoint", type=Path, help="a trained run folder (or give --backbone)")
+    explain.add_argument("--backbone", help="explain a bare backbone (directory, preset or cached id) instead of a run")
+    explain.add_argument("--image-size", type=int, help="with --backbone: input size (default: its native size)")
+    explain.add_argument(
+        "--target", default="class", metavar="class|logit|prob|prompt:TEXT|reference:IMAGE",
+        help="what is explained: the predicted class (each method's own score), its logit or probability, a CLIP "
+        "prompt, or the similarity to a reference image",
+    )
+    explain.add_argument(
+        "--against", action="append", default=[], metavar="TEXT", help="with prompt:TEXT: a prompt to contrast with",
+    )
     explain.add_argument("--method", required=True, type=_methods)
     explain.add_argument("--out", required=True, type=Path)
     explain.add_argument("--batch-size", default=8, type=int)
@@ -248,7 +258,8 @@ def _explain(args: argparse.Namespace) -> int:
 
     predictions = explain_files(
         args.checkpoint, args.method, args.inputs, args.out, args.batch_size, args.device, args.per_block,
-        args.precision, force=args.force,
+        args.precision, force=args.force, target=args.target, against=args.against, backbone=args.backbone,
+        image_size=args.image_size,
     )
     print(f"explained {len(predictions)} image(s) with {', '.join(args.method)} -> {args.out}")
     return 0
