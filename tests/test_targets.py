@@ -159,6 +159,7 @@ def test_a_single_prompt_scores_clips_logit_and_is_explained_where_its_colour_is
                 assert pointing_game(explainer(images), own).tolist() == [1.0, 1.0], (method, prompt)
 
 
+@pytest.mark.slow  # the real 22M-parameter model, about 7 s on one CPU thread
 @pytest.mark.skipif(
     not (DINOV2 / "model.safetensors").is_file(), reason=f"real DINOv2-S/14 weights not found at {DINOV2}"
 )
@@ -269,3 +270,28 @@ def test_explain_a_bare_clip_with_a_prompt_and_a_bare_backbone_with_a_reference(
     saved = json.loads((tmp_path / "ref" / "predictions.json").read_text())
     assert saved["quadrants"]["target"] == "reference grey.png" and -1 <= saved["quadrants"]["score"] <= 1
     assert (tmp_path / "ref" / "quadrants.rise.npy").is_file()
+
+
+def test_a_runs_clip_backbone_takes_prompts_from_its_directory(tmp_path, clip_parts):
+    """`--checkpoint RUN --target prompt:...` on a run trained on a whole CLIP directory reads the prompts with that
+    directory's text tower; the run's LoRA starts at zero, so its map equals the bare backbone's."""
+    from run_fixtures import tiny_run_config, untrained_run
+
+    clip, tokenizer, _ = clip_parts
+    folder = tmp_path / "clip"
+    clip.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": HALF, "image_std": HALF}))
+    config = tiny_run_config()
+    config.backbone.name, config.model.n_inject = str(folder), 1
+    untrained_run(config, tmp_path / "run")
+    images, red, _ = red_and_blue_images()
+    path = tmp_path / "quadrants.png"
+    Image.fromarray((images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    for source, out in ((["--checkpoint", str(tmp_path / "run")], "run"), (["--backbone", str(folder)], "bare")):
+        code = main(["explain", *source, "--target", "prompt:red", "--against", "blue", "--method", "gradcam",
+                     "--out", str(tmp_path / out), str(path)])
+        assert code == 0
+    run, bare = (np.load(tmp_path / out / "quadrants.gradcam.npy") for out in ("run", "bare"))
+    np.testing.assert_allclose(run, bare, atol=1e-5)
+    assert pointing_game(torch.from_numpy(run)[None], red[:1]).item() == 1.0

@@ -27,7 +27,7 @@ _API = {
     "explain_files": "vfmxai.explain",
     "flush_denormals": "vfmxai.runtime",
 }
-_SUBMODULES = ("explainers", "metrics", "data", "evaluation", "viz")
+_SUBMODULES = ("explainers", "targets", "metrics", "data", "evaluation", "viz")
 
 __all__ = ["VfmxaiError", *_API, *_SUBMODULES]
 
