@@ -295,3 +295,14 @@ def test_a_runs_clip_backbone_takes_prompts_from_its_directory(tmp_path, clip_pa
     run, bare = (np.load(tmp_path / out / "quadrants.gradcam.npy") for out in ("run", "bare"))
     np.testing.assert_allclose(run, bare, atol=1e-5)
     assert pointing_game(torch.from_numpy(run)[None], red[:1]).item() == 1.0
+
+
+def test_a_prompt_on_a_run_without_a_clip_directory_is_refused(tmp_path, capsys):
+    from run_fixtures import tiny_run_config, untrained_run
+
+    untrained_run(tiny_run_config(), tmp_path / "run")
+    code = main(["explain", "--checkpoint", str(tmp_path / "run"), "--target", "prompt:a cat", "--method", "gradcam",
+                 "--out", str(tmp_path / "out"), str(_image(tmp_path / "a.png"))])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "--target prompt: needs the text tower of a whole CLIP directory; the run's backbone 'tiny'" in err

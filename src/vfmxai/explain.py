@@ -72,7 +72,31 @@ class TargetSpec:
         return self.kind in ("class", "logit", "prob")
 
 
-def _target(spec: TargetSpec, model, size: int, device: str, clip_dir: str | None) -> Target | None:
+def _load_model(spec: TargetSpec, run_dir: str | Path | None, backbone: str | None, image_size: int | None,
+                device: str) -> tuple:
+    """(model, input size, class names, (CLIPModel, tokenizer) for a prompt target else None): the run's
+    classifier, or the bare `backbone`; a prompt's text tower comes from the CLIP directory of either."""
+    clip = None
+    if backbone is None:
+        model, config, class_names = load_run(run_dir, device)
+        size, source = config.backbone.image_size, config.backbone.name
+        if spec.kind == "prompt":
+            if not Path(source).expanduser().is_dir():
+                raise VfmxaiError(
+                    f"--target prompt: needs the text tower of a whole CLIP directory; the run's backbone '{source}' "
+                    "is no directory"
+                )
+            clip = load_clip(source)[1:]
+    else:
+        if spec.kind == "prompt":
+            model, *clip = load_clip(backbone, image_size)
+        else:
+            model = load_backbone(backbone, image_size)
+        model, size, class_names = model.to(device).eval(), model.image_size, []
+    return model, size, class_names, clip
+
+
+def _target(spec: TargetSpec, model, size: int, device: str, clip: tuple | None) -> Target | None:
     """The target object for `model` (None: each method's default class score)."""
     if spec.kind == "class":
         return None
@@ -81,10 +105,8 @@ def _target(spec: TargetSpec, model, size: int, device: str, clip_dir: str | Non
     if spec.kind == "reference":
         reference = model_input(open_image(Path(spec.text)), size)[None].to(device)
         return ReferenceSimilarity.from_images(model, reference, name=f"reference {Path(spec.text).name}")
-    if clip_dir is None:
-        raise VfmxaiError("--target prompt: needs a CLIP model with its text tower; the run's backbone is no directory")
-    _, clip, tokenizer = load_clip(clip_dir)
-    return PromptScores(clip.to(device), tokenizer, spec.text, spec.against)
+    clip_model, tokenizer = clip
+    return PromptScores(clip_model.to(device), tokenizer, spec.text, spec.against)
 
 
 def _save_block_figures(model, batch: torch.Tensor, targets: torch.Tensor | None, paths: list[Path], out: Path,
@@ -210,18 +232,10 @@ def explain_files(
     out = check_out_folder(out)
     paths = collect_images(inputs)
     _check_explain_out(out, inputs, paths, methods, per_block, force)
-    if backbone is None:
-        model, config, class_names = load_run(run_dir, device)
-        size, clip_dir = config.backbone.image_size, config.backbone.name
-    else:
-        if spec.kind == "prompt":
-            model, clip_dir = load_clip(backbone, image_size)[0], backbone
-        else:
-            model, clip_dir = load_backbone(backbone, image_size), None
-        model, size, class_names = model.to(device).eval(), model.image_size, []
+    model, size, class_names, clip = _load_model(spec, run_dir, backbone, image_size, device)
     predictions: dict[str, dict] = {}
     with merged_lora(model), autocast(precision, device):
-        target_object = _target(spec, model, size, device, clip_dir if Path(clip_dir or "").is_dir() else None)
+        target_object = _target(spec, model, size, device, clip)
         for start in range(0, len(paths), batch_size):
             _explain_chunk(model, methods, paths[start : start + batch_size], size, class_names, out, predictions,
                            device, per_block, target_object)
