@@ -16,6 +16,7 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.vocabulary import (
     DATASETS,
     EVAL_SUBSTRATES,
+    EXPLAIN_TARGETS,
     SYNTHETIC_SIZE,
     SYNTHETIC_SPLITS,
     SYNTHETIC_TASKS,
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--backbone", help="explain a bare backbone (directory, preset or cached id) instead of a run")
     explain.add_argument("--image-size", type=int, help="with --backbone: input size (default: its native size)")
     explain.add_argument(
-        "--target", default="class", metavar="class|logit|prob|prompt:TEXT|reference:IMAGE",
+        "--target", default="class", metavar="|".join(EXPLAIN_TARGETS),
         help="what is explained: the predicted class (each method's own score), its logit or probability, a CLIP "
         "prompt, or the similarity to a reference image",
     )

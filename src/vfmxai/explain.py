@@ -36,13 +36,13 @@ from vfmxai.runtime import autocast, check_device, resolve_precision
 from vfmxai.targets import ClassLogit, ClassProbability, PromptScores, ReferenceSimilarity, Target
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
-
-TARGET_KINDS = ("class", "logit", "prob", "prompt", "reference")
+from vfmxai.vocabulary import EXPLAIN_TARGETS
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """`--target` parsed: `kind` in TARGET_KINDS; `text` the prompt or the reference image's path."""
+    """`--target` parsed: `kind` one of EXPLAIN_TARGETS' words before any colon; `text` the prompt or the reference
+    image's path."""
 
     kind: str
     text: str = ""
@@ -50,9 +50,10 @@ class TargetSpec:
 
     @classmethod
     def parse(cls, spec: str, against: list[str] | tuple[str, ...] = ()) -> TargetSpec:
+        takes_value = {word.partition(":")[0]: ":" in word for word in EXPLAIN_TARGETS}
         kind, colon, text = spec.partition(":")
-        if kind not in TARGET_KINDS or bool(colon) != (kind in ("prompt", "reference")):
-            raise VfmxaiError(f"--target {spec!r}: must be class, logit, prob, prompt:TEXT or reference:IMAGE")
+        if kind not in takes_value or bool(colon) != takes_value[kind]:
+            raise VfmxaiError(f"--target {spec!r}: must be {', '.join(EXPLAIN_TARGETS[:-1])} or {EXPLAIN_TARGETS[-1]}")
         if colon and not text.strip():
             what = "text" if kind == "prompt" else "image file"
             raise VfmxaiError(f"--target {spec!r}: give the {what} after '{kind}:'")

@@ -11,6 +11,9 @@ EVAL_SUBSTRATES = (*SUBSTRATES, "model-mean")
 mean for DINOv2, CLIP's for CLIP), beside the pixel-space substrates."""
 TARGET_MODES = ("given", "predicted")
 """The class explained and scored: the ground truth (the paper) or the model's prediction."""
+EXPLAIN_TARGETS = ("class", "logit", "prob", "prompt:TEXT", "reference:IMAGE")
+"""What `explain --target` explains (`vfmxai.explain`): the predicted class by each method's own score, its logit
+or probability for every method, a CLIP prompt, or the similarity to a reference image."""
 THRESHOLD_ON = ("normalised", "raw")
 """`normalised` (every method): τ applies to the min-max normalised map. `raw`: τ applies to the map as the
 method returns it (upsampled), for mIoU and dataset mIoU; meant for maps on a fixed [0, 1] scale (ALA's
