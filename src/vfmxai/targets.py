@@ -190,8 +190,9 @@ class PromptScores(Target):
         tokens = tokenizer(prompts, padding=True, return_tensors="pt")
         device = clip.text_projection.weight.device
         with torch.no_grad():
+            mask = tokens.get("attention_mask")
             pooled = clip.text_model(
-                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+                input_ids=tokens["input_ids"].to(device), attention_mask=None if mask is None else mask.to(device)
             ).pooler_output
             text = clip.text_projection(pooled)
         self.text = F.normalize(text.float(), dim=-1)
