@@ -93,6 +93,8 @@ def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[li
             missing[name] = "not available in this installation (no explainer registered)"
         elif name == "ala" and not callable(getattr(model, "explain", None)):
             missing[name] = "inapplicable: the model is not an ALA model"
+        elif reason := explainers.inapplicable(name, model):
+            missing[name] = f"inapplicable: {reason}"
     return [n for n in names if n not in missing], missing
 
 
