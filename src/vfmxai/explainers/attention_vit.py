@@ -45,7 +45,7 @@ def exit_after_block(backbone: Backbone, block: int) -> Iterator[None]:
     """Inside the `with`, every block after `block` (0-based) passes its input through unchanged: the model's
     output is then its head read on h^(block + 1), the intermediate prediction LeGrad explains."""
     handles = [
-        backbone.blocks[j].register_forward_hook(lambda module, args, output: args[0])
+        backbone.blocks[j].register_forward_hook(lambda module, args, output: args[0], prepend=True)
         for j in range(block + 1, backbone.num_blocks)
     ]
     try:

@@ -34,9 +34,9 @@ def replaced_state(backbone: Backbone, layer: int, fn: Callable[[Tensor], Tensor
     `layer`'s output), so the blocks after it and the head read the replacement."""
     blocks = backbone.blocks
     if layer == 0:
-        handle = blocks[0].register_forward_pre_hook(lambda module, args: (fn(args[0]), *args[1:]))
+        handle = blocks[0].register_forward_pre_hook(lambda module, args: (fn(args[0]), *args[1:]), prepend=True)
     else:
-        handle = blocks[layer - 1].register_forward_hook(lambda module, args, output: fn(output))
+        handle = blocks[layer - 1].register_forward_hook(lambda module, args, output: fn(output), prepend=True)
     try:
         yield
     finally:
