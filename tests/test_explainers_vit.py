@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from explainer_fixtures import PatchMeanProbe, mass_inside, planted_classifier, planted_images, tiny_probe
+from explainer_fixtures import (
+    PatchMeanProbe,
+    evidence_auc,
+    hook_snapshot,
+    mass_inside,
+    planted_classifier,
+    planted_images,
+    tiny_probe,
+)
 from test_backbones_families import FAMILIES, HEIGHT, WIDTH, _saved
 from torch import Tensor
 from transformers.models.clip.modeling_clip import eager_attention_forward
@@ -117,7 +125,8 @@ def _beyond_intuition_written_out(probe: LinearProbe, images: Tensor, targets: T
     for b, (a, g) in enumerate(zip(attentions, grads, strict=True)):
         a = a.detach()
         if variant == "head":
-            weight = torch.stack([(a[:, h].transpose(1, 2) @ g[:, h]).abs().mean(dim=(1, 2)) for h in range(a.shape[1])], 1)
+            heads = range(a.shape[1])
+            weight = torch.stack([(a[:, h].transpose(1, 2) @ g[:, h]).abs().mean(dim=(1, 2)) for h in heads], 1)
             mix = torch.einsum("bh,bhij->bij", weight / weight.sum(1, keepdim=True), a)
         else:
             attention = backbone.attention(b)
@@ -174,10 +183,9 @@ def test_vit_reciprocam_peaks_at_the_token_the_head_reads(family_probes, gaussia
         raw = explainer.attribute(images, target)[0]
     weights = torch.zeros(4, 6)
     weights[1:4, 2:5] = torch.tensor(GAUSSIAN_3X3) if gaussian else torch.tensor([[0, 0, 0], [0, 1, 0], [0, 0, 0.0]])
-    order = torch.argsort(torch.argsort(weights.flatten()))
     assert raw.argmax().item() == 2 * 6 + 3
     for low, high in zip(*torch.where(weights.flatten()[:, None] < weights.flatten()[None, :]), strict=True):
-        assert raw.flatten()[low] < raw.flatten()[high], (low, high, order)
+        assert raw.flatten()[low] < raw.flatten()[high], (low, high)
     torch.testing.assert_close(raw[weights == 0], torch.full_like(raw[weights == 0], 0.5))
 
 
@@ -186,12 +194,16 @@ def test_vit_reciprocam_peaks_at_the_token_the_head_reads(family_probes, gaussia
                                                   ("beyond_intuition", {"steps": 8}),
                                                   ("beyond_intuition", {"variant": "head", "steps": 8})])
 def test_the_map_finds_the_planted_evidence(method, options):
-    """Mass of the [0, 1] map inside the evidence square (chance: its area, 1/4); "mostly" = over half."""
+    """The planted classifier decides by the coloured square: per image, the probability that an evidence pixel
+    outranks another pixel (ROC AUC; chance 1/2) is over 0.9 on average. (Mass inside the square, chance 1/4, is
+    over 1/2 for all but ViT-ReciproCAM, whose Gaussian neighbourhoods and 1/2-probability floor spread it.)"""
     model = planted_classifier()
     images, labels, masks = planted_images(24, seed=123)
     with get(method, model, **options) as explainer:
-        share = mass_inside(explainer(images, labels), masks)
-    assert share.mean() > 0.5, float(share.mean())
+        maps = explainer(images, labels)
+    assert evidence_auc(maps, masks).mean() > 0.9, float(evidence_auc(maps, masks).mean())
+    if method != "vit_reciprocam":
+        assert mass_inside(maps, masks).mean() > 0.5, float(mass_inside(maps, masks).mean())
 
 
 def test_tis_drops_tokens_instead_of_changing_pixels(monkeypatch):
@@ -231,14 +243,16 @@ def test_kmeans_separates_two_groups_the_same_way_in_any_batch():
         _, batched = kmeans(torch.stack([torch.randn(17, 6, generator=gen), points]), 2, cosine)
         assert torch.equal(alone[0], batched[1])
         groups = {tuple(sorted(torch.where(alone[0] == c)[0].tolist())) for c in (0, 1)}
-        first = torch.where((points[:, 0] > 1))[0].tolist()
+        first = torch.where(points[:, 0] > 1)[0].tolist()
         assert tuple(first) in groups and len(first) == 10
 
 
 def test_options_are_validated():
     probe = tiny_probe()
-    for method, options, word in [("legrad", {"n_layers": 5}, "n_layers"), ("beyond_intuition", {"variant": "x"}, "variant"),
-                                  ("beyond_intuition", {"steps": 0}, "steps"), ("vit_reciprocam", {"layer": 9}, "layer"),
+    for method, options, word in [("legrad", {"n_layers": 5}, "n_layers"),
+                                  ("beyond_intuition", {"variant": "x"}, "variant"),
+                                  ("beyond_intuition", {"steps": 0}, "steps"),
+                                  ("vit_reciprocam", {"layer": 9}, "layer"),
                                   ("tis", {"keep_ratio": 0.0}, "keep_ratio"), ("tis", {"n_masks": 0}, "n_masks"),
                                   ("vit_cx", {"noise": -1.0}, "noise"), ("vit_cx", {"batch_size": 0}, "batch_size")]:
         with pytest.raises(VfmxaiError, match=f"method '{method}'.*{word}"):
@@ -270,3 +284,19 @@ def test_a_planted_register_token_does_not_leak_into_the_map(tmp_path_factory, m
         maps = explainer(images, torch.tensor([1, 1]))
     assert maps.shape == (2, HEIGHT, WIDTH) and torch.isfinite(maps).all()
     assert (maps.flatten(1).amax(1) > maps.flatten(1).amin(1)).all()
+
+
+@pytest.mark.parametrize("method", VIT_METHODS)
+def test_hooks_and_attention_swaps_are_released(method):
+    probe = tiny_probe()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = probe(images)
+    hooks = hook_snapshot(probe)
+    implementations = [m.config._attn_implementation for m in probe.modules() if hasattr(m, "config")]
+    with get(method, probe, **CHEAP.get(method, {})) as explainer:
+        explainer(images, torch.tensor([0, 1]))
+    assert hook_snapshot(probe) == hooks
+    assert [m.config._attn_implementation for m in probe.modules() if hasattr(m, "config")] == implementations
+    with torch.no_grad():
+        assert torch.equal(probe(images), before)

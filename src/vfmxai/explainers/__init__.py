@@ -4,7 +4,15 @@ Importing this package registers every method (each module registers its classes
 """
 
 from vfmxai.explainers import (  # noqa: F401
-    ala, attention, attention_vit, cam, daam, gradient, lrp, perturbation, token_masks,
+    ala,
+    attention,
+    attention_vit,
+    cam,
+    daam,
+    gradient,
+    lrp,
+    perturbation,
+    token_masks,
 )
 from vfmxai.explainers.base import (
     Explainer,

@@ -74,14 +74,19 @@ class LeGrad(Explainer):
     def __init__(self, classifier: Classifier, n_layers: int | None = None):
         super().__init__(classifier)
         k = classifier.backbone.num_blocks
-        if n_layers is not None and (isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= k):
-            raise VfmxaiError(f"method 'legrad': option n_layers must be an integer in [1, {k}] or None, got {n_layers!r}")
+        integer = isinstance(n_layers, int) and not isinstance(n_layers, bool)
+        valid = n_layers is None or (integer and 1 <= n_layers <= k)
+        if not valid:
+            raise VfmxaiError(
+                f"method 'legrad': option n_layers must be an integer in [1, {k}] or None, got {n_layers!r}"
+            )
         self.n_layers = k if n_layers is None else n_layers
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         backbone = self.classifier.backbone
         k = backbone.num_blocks
         total = None
+        images = images.detach().requires_grad_(True)  # a frozen model still builds the graph to the attention
         for layer in range(k - self.n_layers, k):
             with torch.enable_grad(), exit_after_block(backbone, layer):
                 logits, records = forward_recorded(self.classifier, images, self.name)
@@ -117,19 +122,28 @@ class BeyondIntuition(Explainer):
     Reasoning feedback F = E_h[(1/m Σ_{α ∈ linspace(0, 1, m)} ∇_{A^(k)} y_t(α x))^+], the last block's attention
     gradient integrated along the straight path, m = `steps` (20, the authors' code); the authors scale the
     normalised input (baseline: the mean colour), vfmxai scales the pixels (baseline: black, as `ig`'s default).
-    T = F ⊙ P (head-wise), F ⊙ |P| (token-wise), as the authors' code. `start_block` (0-based) defaults to 0,
-    every block (the paper's product; the authors' scripts start at block 4 or 6 of 12). The m path images go
-    through the model `batch_size` at a time.
+    T = F ⊙ P (head-wise), F ⊙ |P| (token-wise), as the authors' code; map = T's class-token row, or, where the
+    class token's feedback row is all zero (a head that does not read the class token, e.g. ALA's, which reads the
+    patch grid) or there is none, the patch tokens' mean row (the authors' reading for MAE). `start_block`
+    (0-based) defaults to 0, every block (the paper's product; the authors' scripts start at block 4 or 6 of 12).
+    The m path images go through the model `batch_size` at a time.
     """
 
     display_name = "Beyond Intuition"
 
     def __init__(
-        self, classifier: Classifier, variant: str = "token", steps: int = 20, start_block: int = 0, batch_size: int = 64
+        self,
+        classifier: Classifier,
+        variant: str = "token",
+        steps: int = 20,
+        start_block: int = 0,
+        batch_size: int = 64,
     ):
         super().__init__(classifier)
         if variant not in BI_VARIANTS:
-            raise VfmxaiError(f"method 'beyond_intuition': option variant must be one of {'|'.join(BI_VARIANTS)}, got {variant!r}")
+            raise VfmxaiError(
+                f"method 'beyond_intuition': option variant must be one of {'|'.join(BI_VARIANTS)}, got {variant!r}"
+            )
         for option, value in (("steps", steps), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise VfmxaiError(f"method 'beyond_intuition': option {option}={value!r} must be a positive integer")
@@ -144,7 +158,12 @@ class BeyondIntuition(Explainer):
         if self.variant == "token":
             perception = perception.abs()
         feedback = self.feedback(images, targets)
-        return backbone.patch_grid(class_row(feedback * perception, backbone), images.shape[-2:])
+        attribution = feedback * perception
+        row = class_row(attribution, backbone)
+        if backbone.has_class_token:  # a head that does not read the class token: the patch rows' mean
+            unread = feedback[:, 0].abs().amax(dim=1, keepdim=True) == 0
+            row = torch.where(unread, attribution[:, backbone.num_prefix_tokens :].mean(dim=1), row)
+        return backbone.patch_grid(row, images.shape[-2:])
 
     def head_perception(self, images: Tensor, targets: Tensor) -> Tensor:
         with torch.enable_grad():

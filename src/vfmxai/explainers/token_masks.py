@@ -23,7 +23,7 @@ from vfmxai.explainers.base import Explainer, index_chunks, register, target_pro
 from vfmxai.explainers.cam import _resolve_layer
 
 GAUSSIAN_3X3 = ((1 / 16, 1 / 8, 1 / 16), (1 / 8, 1 / 4, 1 / 8), (1 / 16, 1 / 8, 1 / 16))
-"""ViT-ReciproCAM's neighbourhood weights (Byun & Lee 2023): the token itself 1/4, its 4-neighbours 1/8, corners 1/16."""
+"""ViT-ReciproCAM's neighbourhood weights (Byun & Lee 2023): the token 1/4, its 4-neighbours 1/8, corners 1/16."""
 KMEANS_STEPS = 10
 """Lloyd iterations of `kmeans` after its deterministic farthest-point start."""
 
@@ -43,10 +43,15 @@ def replaced_state(backbone: Backbone, layer: int, fn: Callable[[Tensor], Tensor
         handle.remove()
 
 
-def recorded_states(classifier: Classifier, images: Tensor, layers: list[int]) -> list[Tensor]:
-    """h^(i) (B, T, D) for each i of `layers`, from one forward of `classifier`."""
+def recorded_states(
+    classifier: Classifier, images: Tensor, layers: list[int], full_precision: bool = False
+) -> list[Tensor]:
+    """h^(i) (B, T, D) for each i of `layers`, from one forward of `classifier`; `full_precision`: in float32
+    even under bf16 autocast (what TIS and ViT-CX cluster: a discrete clustering would flip with the precision)."""
     kept: dict[int, Tensor] = {}
     with contextlib.ExitStack() as stack:
+        if full_precision:
+            stack.enter_context(torch.autocast(images.device.type, enabled=False))
         for i in layers:
             stack.enter_context(replaced_state(classifier.backbone, i, lambda s, i=i: kept.setdefault(i, s)))
         classifier(images)
@@ -98,7 +103,8 @@ class ViTReciproCAM(Explainer):
         rows, cols = backbone.grid_shape((h, w))
         n, prefix = rows * cols, backbone.num_prefix_tokens
         (state,) = recorded_states(self.classifier, images, [self.layer])
-        weights = gaussian_token_masks(rows, cols, images.device) if self.gaussian else torch.eye(n, device=images.device)
+        eye = torch.eye(n, device=images.device)
+        weights = gaussian_token_masks(rows, cols, images.device) if self.gaussian else eye
         weights = torch.cat([torch.ones(n, prefix, device=images.device), weights], dim=1).to(state.dtype)
         scores = torch.zeros(b, n, device=images.device)
         for image, token in index_chunks(b, n, self.batch_size, images.device):
@@ -191,7 +197,7 @@ class TIS(Explainer):
         b, _, h, w = images.shape
         rows, cols = backbone.grid_shape((h, w))
         n, prefix = rows * cols, backbone.num_prefix_tokens
-        states = recorded_states(self.classifier, images, list(range(1, backbone.num_blocks + 1)))
+        states = recorded_states(self.classifier, images, list(range(1, backbone.num_blocks + 1)), full_precision=True)
         channels = torch.cat([s[:, prefix:].float() for s in states], dim=2).transpose(1, 2)  # (B, k·D, N)
         centres, _ = kmeans(channels, min(self.n_masks, channels.shape[1]), cosine=False)
         kept = centres.topk(max(1, int(self.keep_ratio * n)), dim=2).indices  # (B, M, n_keep)
@@ -224,7 +230,7 @@ class ViTCX(Explainer):
     s_m = p_t(x ⊙ M_m + (1 - M_m) ⊙ ε_m), ε_m ~ N(0, `noise`²) per pixel and channel (the paper's noise in the
     removed part, here in pixel units around black; drawn from `seed`, the same for every image of a call).
     Density (pixel coverage) correction: S = Σ_m s_m M_m / Σ_m M_m. Cost: n_masks passes per image, `batch_size`
-    masked images per pass.
+    masked images per pass. The masks come from a float32 forward (under bf16 autocast too), as do TIS's.
     """
 
     display_name = "ViT-CX"
@@ -247,7 +253,7 @@ class ViTCX(Explainer):
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         backbone = self.classifier.backbone
         b, _, h, w = images.shape
-        (state,) = recorded_states(self.classifier, images, [self.layer])
+        (state,) = recorded_states(self.classifier, images, [self.layer], full_precision=True)
         grid = backbone.patch_grid(state, (h, w)).float()
         maps = min_max(grid.flatten(2))  # (B, D, N)
         k = min(self.n_masks, maps.shape[1])
