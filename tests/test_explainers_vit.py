@@ -21,11 +21,14 @@ from transformers.models.clip.modeling_clip import eager_attention_forward
 
 from vfmxai import explainers
 from vfmxai.backbones import load_backbone
+from vfmxai.bench import DEFAULT_METHODS, BenchSettings, run_bench
 from vfmxai.classifier import Classifier, LinearProbe
 from vfmxai.errors import VfmxaiError
+from vfmxai.evaluation.runner import resolve_methods
 from vfmxai.explainers import get
 from vfmxai.explainers.attention import swap_attention
 from vfmxai.explainers.token_masks import GAUSSIAN_3X3, kmeans
+from vfmxai.run_folder import load_run
 from vfmxai.vocabulary import METHODS, VIT_METHODS
 
 CHEAP = {"tis": {"n_masks": 32}, "vit_cx": {"n_masks": 16}, "beyond_intuition": {"steps": 4}}
@@ -300,3 +303,20 @@ def test_hooks_and_attention_swaps_are_released(method):
     assert [m.config._attn_implementation for m in probe.modules() if hasattr(m, "config")] == implementations
     with torch.no_grad():
         assert torch.equal(probe(images), before)
+
+
+def test_bench_times_the_new_methods_and_tis_on_a_linear_probe():
+    assert set(VIT_METHODS) <= set(DEFAULT_METHODS)
+    settings = BenchSettings(backbone="tiny", batch_size=2, repeats=1, warmup=0, methods=("tis", "legrad"),
+                             method_options={"tis": {"n_masks": 4}}, insdel_steps=1, train=(), clock="cpu")
+    rows = {row["task"]: row for row in run_bench(None, settings, echo=False)["rows"]}
+    assert rows["explain:tis"]["options"] == {"n_masks": 4, "batch_size": 2, "explained": "linear_probe"}
+    assert rows["explain:legrad"]["options"] == {} and rows["explain:legrad"]["images_per_s"] > 0
+
+
+def test_evaluate_all_runs_the_new_methods_and_says_why_tis_cannot_explain_an_ala_model(trained_run):
+    model = load_run(trained_run)[0]
+    names, missing = resolve_methods("all", model)
+    assert names == [*METHODS, *[m for m in explainers.available() if m not in METHODS and m != "tis"]]
+    assert set(VIT_METHODS) - {"tis"} <= set(names)
+    assert missing == {"tis": f"inapplicable: {explainers.inapplicable('tis', model)}"}
