@@ -86,7 +86,8 @@ def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[li
         raise VfmxaiError("--methods: no method given")
     unknown = [n for n in names if n not in METHODS and n not in registered]
     if unknown:
-        raise VfmxaiError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        known = ", ".join(dict.fromkeys([*METHODS, *registered]))
+        raise VfmxaiError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {known})")
     missing: dict[str, str] = {}
     for name in names:
         if name not in registered:

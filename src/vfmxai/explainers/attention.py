@@ -197,7 +197,9 @@ class TransformerAttribution(Explainer):
     weights each attention map by its LRP relevance, this one by its gradient —
     Ā = E_h[(∂y_t/∂A ⊙ A)^+], R = I, R ← R + Ā·R over the blocks. Map = the class token's row of R over
     the patch tokens (patch grid). The gradient is of the target logit. Option `start_block` (0-based
-    first block included, default 0: all blocks, as the paper).
+    first block included, default 0: all blocks, as the paper). This is GAE (issue 15's "generic attention
+    explainability") exactly, so it has no second key; tests/test_explainers_vit.py checks it against GAE's update
+    rule written out on SigLIP (no class token: the patch rows' mean) and DINOv2 with registers.
     """
     display_name = "Transformer attribution"
 
