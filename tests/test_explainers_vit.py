@@ -209,7 +209,7 @@ def test_the_map_finds_the_planted_evidence(method, options):
         assert mass_inside(maps, masks).mean() > 0.5, float(mass_inside(maps, masks).mean())
 
 
-def test_tis_drops_tokens_instead_of_changing_pixels(monkeypatch):
+def test_tis_drops_tokens_instead_of_changing_pixels():
     """Each masked copy enters block 1 with the prefix and exactly keep_ratio·N patch tokens, in their order, and
     a mask keeping every token scores the unmasked image."""
     probe = tiny_probe()
@@ -320,3 +320,30 @@ def test_evaluate_all_runs_the_new_methods_and_says_why_tis_cannot_explain_an_al
     assert names == [*METHODS, *[m for m in explainers.available() if m not in METHODS and m != "tis"]]
     assert set(VIT_METHODS) - {"tis"} <= set(names)
     assert missing == {"tis": f"inapplicable: {explainers.inapplicable('tis', model)}"}
+
+
+def _unit(x: Tensor, dims) -> Tensor:
+    return (x - x.amin(dims, keepdim=True)) / (x.amax(dims, keepdim=True) - x.amin(dims, keepdim=True))
+
+
+def test_vit_cx_scores_each_mask_by_its_noise_corrected_causal_impact():
+    """With the clustering fixed to two masks, S = Σ_m s_m M_m / Σ_m M_m with s_m = p(x⊙M + (1-M)ε) -
+    p(x + (1-M)ε) + p(x), ε from the seed: recomputed here from the model's probabilities."""
+    probe = tiny_probe()
+    images, targets = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(8)), torch.tensor([2])
+    with get("vit_cx", probe, n_masks=2, noise=0.3, seed=4) as explainer:
+        raw = explainer.attribute(images, targets)
+    state = probe.backbone.hidden_states(images)[-2]
+    maps = probe.backbone.patch_grid(state).flatten(2)
+    maps = _unit(maps, -1)
+    _, labels = kmeans(maps, 2, cosine=True)
+    masks = torch.nn.functional.one_hot(labels, 2).float().transpose(1, 2) @ maps
+    masks = _unit(torch.nn.functional.interpolate(masks.view(1, 2, 4, 4), size=(32, 32), mode="bilinear")[0], (1, 2))
+    noise = 0.3 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        def p(x):
+            return probe(x).softmax(dim=1)[:, 2]
+        m = masks.unsqueeze(1)
+        score = p(images * m + (1 - m) * noise) - p(images + (1 - m) * noise) + p(images)
+    expected = (score.view(2, 1, 1) * masks).sum(0) / masks.sum(0)
+    torch.testing.assert_close(raw[0], expected, rtol=1e-4, atol=1e-6)
