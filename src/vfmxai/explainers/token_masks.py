@@ -20,7 +20,7 @@ from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers.base import Explainer, index_chunks, register, target_probabilities
-from vfmxai.explainers.cam import _resolve_layer
+from vfmxai.explainers.cam import resolve_layer
 
 GAUSSIAN_3X3 = ((1 / 16, 1 / 8, 1 / 16), (1 / 8, 1 / 4, 1 / 8), (1 / 16, 1 / 8, 1 / 16))
 """ViT-ReciproCAM's neighbourhood weights (Byun & Lee 2023): the token 1/4, its 4-neighbours 1/8, corners 1/16."""
@@ -92,7 +92,7 @@ class ViTReciproCAM(Explainer):
     def __init__(self, classifier: Classifier, layer: int = -3, gaussian: bool = True, batch_size: int = 64):
         super().__init__(classifier)
         check_positive("vit_reciprocam", batch_size=batch_size)
-        self.layer = _resolve_layer("vit_reciprocam", layer, classifier.backbone.num_blocks)
+        self.layer = resolve_layer("vit_reciprocam", layer, classifier.backbone.num_blocks)
         self.gaussian = bool(gaussian)
         self.batch_size = batch_size
 
@@ -247,7 +247,7 @@ class ViTCX(Explainer):
         check_positive("vit_cx", n_masks=n_masks, batch_size=batch_size)
         if not noise >= 0:
             raise VfmxaiError(f"method 'vit_cx': option noise={noise} must be >= 0")
-        self.layer = _resolve_layer("vit_cx", layer, classifier.backbone.num_blocks)
+        self.layer = resolve_layer("vit_cx", layer, classifier.backbone.num_blocks)
         self.n_masks = n_masks
         self.noise = float(noise)
         self.batch_size = batch_size
