@@ -24,6 +24,7 @@ from vfmxai.explainers.cam import resolve_layer
 
 GAUSSIAN_3X3 = ((1 / 16, 1 / 8, 1 / 16), (1 / 8, 1 / 4, 1 / 8), (1 / 16, 1 / 8, 1 / 16))
 """ViT-ReciproCAM's neighbourhood weights (Byun & Lee 2023): the token 1/4, its 4-neighbours 1/8, corners 1/16."""
+TIS_SAMPLERS = ("activations", "random")
 KMEANS_STEPS = 10
 """Lloyd iterations of `kmeans` after its deterministic farthest-point start."""
 
@@ -162,7 +163,9 @@ class TIS(Explainer):
     masked copy drops the other patch tokens from the sequence entering block 1 (after the position embeddings;
     prefix tokens kept), so no pixel is changed. S = Σ_m p_t(x; M_m) M_m / Σ_m M_m, the softmax probabilities
     weighted by the masks over each token's coverage (a token no mask keeps scores 0). The authors' code
-    defaults: 1024 masks, keep ratio 0.5 (their ImageNet benchmark: 2048, 0.25).
+    defaults: 1024 masks, keep ratio 0.5 (their ImageNet benchmark: 2048, 0.25). `sampler="random"` replaces the
+    activation clustering by `n_masks` uniform random subsets of `keep_ratio`·N tokens, drawn from `seed` and the
+    same for every image of a call (a model-independent sampler, RISE's idea with token removal; not the paper's).
     Only for a classifier whose output is defined for any number of tokens (`Classifier.any_token_count`: a
     linear probe on the pooled token); a head that reads the patch grid (ALA) has no reading of a shorter
     sequence.
@@ -170,14 +173,26 @@ class TIS(Explainer):
 
     display_name = "TIS"
 
-    def __init__(self, classifier: Classifier, n_masks: int = 1024, keep_ratio: float = 0.5, batch_size: int = 64):
+    def __init__(
+        self,
+        classifier: Classifier,
+        n_masks: int = 1024,
+        keep_ratio: float = 0.5,
+        sampler: str = "activations",
+        batch_size: int = 64,
+        seed: int = 0,
+    ):
         super().__init__(classifier)
         check_positive("tis", n_masks=n_masks, batch_size=batch_size)
         if not 0 < keep_ratio <= 1:
             raise VfmxaiError(f"method 'tis': option keep_ratio={keep_ratio} must lie in (0, 1]")
+        if sampler not in TIS_SAMPLERS:
+            raise VfmxaiError(f"method 'tis': option sampler must be one of {'|'.join(TIS_SAMPLERS)}, got {sampler!r}")
         self.n_masks = n_masks
         self.keep_ratio = float(keep_ratio)
+        self.sampler = sampler
         self.batch_size = batch_size
+        self.seed = int(seed)
 
     @classmethod
     def inapplicable(cls, classifier: Classifier) -> str | None:
@@ -197,10 +212,14 @@ class TIS(Explainer):
         b, _, h, w = images.shape
         rows, cols = backbone.grid_shape((h, w))
         n, prefix = rows * cols, backbone.num_prefix_tokens
-        states = recorded_states(self.classifier, images, list(range(1, backbone.num_blocks + 1)), full_precision=True)
-        channels = torch.cat([s[:, prefix:].float() for s in states], dim=2).transpose(1, 2)  # (B, k·D, N)
-        centres, _ = kmeans(channels, min(self.n_masks, channels.shape[1]), cosine=False)
-        kept = centres.topk(max(1, int(self.keep_ratio * n)), dim=2).indices  # (B, M, n_keep)
+        n_keep = max(1, int(self.keep_ratio * n))
+        kept = self.random_masks(b, n, n_keep, images.device) if self.sampler == "random" else None
+        if kept is None:
+            layers = list(range(1, backbone.num_blocks + 1))
+            states = recorded_states(self.classifier, images, layers, full_precision=True)
+            channels = torch.cat([s[:, prefix:].float() for s in states], dim=2).transpose(1, 2)  # (B, k·D, N)
+            centres, _ = kmeans(channels, min(self.n_masks, channels.shape[1]), cosine=False)
+            kept = centres.topk(n_keep, dim=2).indices  # (B, M, n_keep)
         m = kept.shape[1]
         masks = torch.zeros(b, m, n, device=images.device).scatter_(2, kept, 1.0)
         saliency = torch.zeros(b, n, device=images.device)
@@ -216,6 +235,12 @@ class TIS(Explainer):
             saliency.index_add_(0, image, probs.unsqueeze(1) * masks[image, mask])
         coverage = masks.sum(dim=1)
         return (saliency / coverage.clamp_min(1)).view(b, rows, cols)
+
+    def random_masks(self, b: int, n: int, n_keep: int, device: torch.device) -> Tensor:
+        """(B, n_masks, n_keep) token indices: uniform subsets drawn on the CPU from `seed`, shared by the images."""
+        generator = torch.Generator().manual_seed(self.seed)
+        kept = torch.rand(self.n_masks, n, generator=generator).argsort(dim=1)[:, :n_keep]
+        return kept.to(device).expand(b, -1, -1)
 
 
 @register("vit_cx")
