@@ -5,7 +5,9 @@ Everything is measured in one run, on the same random images (B, 3, S, S) and ta
 - `forward:ala`: the explained ALA model's prediction (backbone + adapter + perception branch), the same
   way: the cost of one model pass, which `insdel` makes 2 * (steps + 1) of per image;
 - `explain:<method>`: on the ALA model, the explainer built, called (validation, targets given,
-  upsampling, normalisation) and closed, as `evaluate` does per batch; images explained per second;
+  upsampling, normalisation) and closed, as `evaluate` does per batch; images explained per second. A method
+  that cannot explain the ALA model (`explainers.inapplicable`: TIS, which removes tokens, and ALA's head reads the
+  patch grid) is timed on a linear probe on the same backbone (the row's `explained: linear_probe`);
 - `insdel`: insertion + deletion of the ALA maps with `insdel_steps` steps, perturbed images in chunks of
   the bench's batch size; its images/s counts model passes, 2 * (steps + 1) per image; besides `ratio`,
   `ratio_to_model` takes it over `forward:ala`'s (what building perturbed images costs on top of the
@@ -60,15 +62,16 @@ from vfmxai import explainers
 from vfmxai.ala import ALAModel, build_model
 from vfmxai.backbones import Backbone, load_backbone
 from vfmxai.backbones.lora import merged_lora
+from vfmxai.classifier import LinearProbe
 from vfmxai.config import RunConfig, preset
 from vfmxai.errors import VfmxaiError
 from vfmxai.io import atomic_write_json, atomic_write_text, check_out_folder
 from vfmxai.metrics import insertion_deletion
 from vfmxai.runtime import autocast, check_device, default_device, resolve_precision
 from vfmxai.training.module import adamw
-from vfmxai.vocabulary import METHODS
+from vfmxai.vocabulary import METHODS, VIT_METHODS
 
-DEFAULT_METHODS = METHODS
+DEFAULT_METHODS = (*METHODS, *VIT_METHODS)
 TRAIN_TASKS = ("lora_ala", "full_finetune")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
@@ -82,6 +85,10 @@ def default_method_options(batch_size: int) -> dict[str, dict[str, Any]]:
         "scorecam": {"max_channels": 16, "batch_size": batch_size},
         "ig": {"steps": 8, "internal_batch_size": batch_size},
         "rise": {"n_masks": 64, "batch_size": batch_size},
+        "tis": {"n_masks": 64, "batch_size": batch_size},
+        "vit_cx": {"n_masks": 32, "batch_size": batch_size},
+        "vit_reciprocam": {"batch_size": batch_size},
+        "beyond_intuition": {"steps": 8, "batch_size": batch_size},
     }
 
 
@@ -216,14 +223,22 @@ def run_bench(
             return model(images)
 
     tasks = [_Task("forward", forward, settings.batch_size), _Task("forward:ala", predict, settings.batch_size)]
+    probe = None
     for name in settings.methods:
         opts = options.get(name, {})
+        explained, recorded = model, opts
+        if explainers.inapplicable(name, model):
+            if probe is None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(settings.seed)
+                    probe = LinearProbe(model.backbone, config.model.num_classes).to(dev).eval()
+            explained, recorded = probe, {**opts, "explained": "linear_probe"}
         try:
-            explainers.get(name, model, **opts).close()  # bad options fail here, before any timing
+            explainers.get(name, explained, **opts).close()  # bad options fail here, before any timing
         except TypeError as err:
             raise VfmxaiError(f"method_options for '{name}': {err}") from None
-        explain = _explain(name, model, opts, images, targets)
-        tasks.append(_Task(f"explain:{name}", explain, settings.batch_size, opts))
+        explain = _explain(name, explained, opts, images, targets)
+        tasks.append(_Task(f"explain:{name}", explain, settings.batch_size, recorded))
     with torch.no_grad():
         maps = model.explain(images)[0]
     passes = 2 * (settings.insdel_steps + 1) * settings.batch_size
@@ -262,7 +277,7 @@ def run_bench(
 
 
 def _explain(
-    name: str, model: ALAModel, options: Mapping[str, Any], images: Tensor, targets: Tensor
+    name: str, model: ALAModel | LinearProbe, options: Mapping[str, Any], images: Tensor, targets: Tensor
 ) -> Callable[[], object]:
     """One call = build the explainer, explain, release its hooks: as `evaluate` does per batch, and no method's
     hooks stay on the model while another task runs."""

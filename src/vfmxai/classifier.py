@@ -19,6 +19,9 @@ class Classifier(nn.Module):
 
     backbone: Backbone
     num_classes: int
+    any_token_count: bool = False
+    """True when `forward` is defined for a token sequence of any length (the head reads only the pooled token):
+    what a method that removes tokens (TIS) needs. A head that reads the patch grid (ALA) is not."""
 
     def forward(self, images: Tensor) -> Tensor:
         raise NotImplementedError
@@ -40,6 +43,8 @@ class Classifier(nn.Module):
 
 class LinearProbe(Classifier):
     """logits = W · pooled(h^(k)) + b, `Backbone.pooled`: the normed class token (mean patch token without one)."""
+
+    any_token_count = True
 
     def __init__(self, backbone: Backbone, num_classes: int):
         super().__init__()

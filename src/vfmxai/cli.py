@@ -120,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", default=8, type=int)
     bench.add_argument("--repeats", default=5, type=int)
     bench.add_argument("--warmup", default=1, type=int)
-    bench.add_argument("--methods", type=_methods, help="explainers to time (default: a representative set)")
+    bench.add_argument(
+        "--methods", type=_methods, help="explainers to time (default: the paper's ten and the ViT methods, cheap)"
+    )
     bench.add_argument("--insdel-steps", default=20, type=int)
     bench.add_argument(
         "--train", default="lora_ala,full_finetune", type=_methods, help="train-step rows to time; 'none' for none"

@@ -3,7 +3,8 @@
 1. writes the synthetic set (folder format) to OUT/data;
 2. trains ALA + AEA + LoRA on the shipped default backbone (toy preset) and the three ablations
    (no lattice, no LoRA, no AEA);
-3. evaluates every available method on the synthetic test split (mean IoU, insertion, deletion,
+3. evaluates the ALA paper's ten methods (`vocabulary.METHODS`; not the later ViT methods, to stay in 5 minutes)
+   on the synthetic test split (mean IoU, insertion, deletion,
    ID score, pointing games) and the ablations' ALA maps;
 4. writes OUT/report.md: the paper's Table 2 and Table 4 layouts, the method grid (Fig. 4), the
    insertion/deletion curves, the maps with and without AEA (Fig. 5), and the time each step took; and
@@ -26,6 +27,7 @@ from vfmxai.evaluation import EvaluationSettings, reproduce
 from vfmxai.evaluation.reproduce import write_reproduce_report
 from vfmxai.io import atomic_write_text
 from vfmxai.run_folder import Recipe
+from vfmxai.vocabulary import METHODS
 
 DEMO_SPLITS = {"n_train": 360, "n_val": 40, "n_test": 32}
 DEMO_STEPS = 10
@@ -50,6 +52,7 @@ def run_demo(out: str | Path, seed: int = 0, progress: bool = True) -> Path:
         seeds=1,
         out=out / "reproduce",
         settings=EvaluationSettings(steps=DEMO_STEPS, method_options=DEMO_METHOD_OPTIONS),
+        methods=list(METHODS),
         ablations=True,
         progress=progress,
     )

@@ -52,7 +52,10 @@ def target_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
 
 class EmbeddingModel(Classifier):
     """A backbone's image embedding as the scored output: projection(`Backbone.embedding`) (B, E); the
-    projection is CLIP's visual projection for prompts, none (identity) otherwise."""
+    projection is CLIP's visual projection for prompts, none (identity) otherwise. It reads only the pooled token,
+    so it is defined for any number of tokens (TIS)."""
+
+    any_token_count = True
 
     def __init__(self, backbone: Backbone, projection: nn.Module | None = None):
         super().__init__()

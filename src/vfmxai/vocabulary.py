@@ -4,6 +4,9 @@ the synthetic set's default sizes. Imports nothing, so the command line can buil
 DATASETS = ("synthetic", "folder", "cub", "imagenet-s", "oxford-pet")
 METHODS = ("ala", "gradcam", "scorecam", "ig", "guided_bp", "lrp", "rise", "rollout", "transformer_attribution", "daam")
 """The method keys of the ALA paper's comparison (Table 2), in the order `methods="all"` evaluates them."""
+VIT_METHODS = ("raw_attention", "legrad", "beyond_intuition", "vit_reciprocam", "tis", "vit_cx")
+"""The ViT-explanation methods of 2023-2026 beside them (issue 15; GAE is `transformer_attribution`), evaluated by
+`methods="all"` after the ten."""
 SUBSTRATES = ("black", "blur", "mean")
 """What removed pixels become in insertion/deletion (`vfmxai.metrics.make_substrate`)."""
 EVAL_SUBSTRATES = (*SUBSTRATES, "model-mean")

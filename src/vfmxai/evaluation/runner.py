@@ -86,13 +86,16 @@ def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[li
         raise VfmxaiError("--methods: no method given")
     unknown = [n for n in names if n not in METHODS and n not in registered]
     if unknown:
-        raise VfmxaiError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        known = ", ".join(dict.fromkeys([*METHODS, *registered]))
+        raise VfmxaiError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {known})")
     missing: dict[str, str] = {}
     for name in names:
         if name not in registered:
             missing[name] = "not available in this installation (no explainer registered)"
         elif name == "ala" and not callable(getattr(model, "explain", None)):
             missing[name] = "inapplicable: the model is not an ALA model"
+        elif reason := explainers.inapplicable(name, model):
+            missing[name] = f"inapplicable: {reason}"
     return [n for n in names if n not in missing], missing
 
 

@@ -3,7 +3,17 @@
 Importing this package registers every method (each module registers its classes on import).
 """
 
-from vfmxai.explainers import ala, attention, cam, daam, gradient, lrp, perturbation  # noqa: F401
+from vfmxai.explainers import (  # noqa: F401
+    ala,
+    attention,
+    attention_vit,
+    cam,
+    daam,
+    gradient,
+    lrp,
+    perturbation,
+    token_masks,
+)
 from vfmxai.explainers.base import (
     Explainer,
     available,
@@ -11,6 +21,7 @@ from vfmxai.explainers.base import (
     default_options,
     display_name,
     get,
+    inapplicable,
     register,
     unit_range,
     uses_target,
@@ -23,6 +34,7 @@ __all__ = [
     "default_options",
     "display_name",
     "get",
+    "inapplicable",
     "register",
     "unit_range",
     "uses_target",

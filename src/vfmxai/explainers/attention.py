@@ -200,8 +200,11 @@ class TransformerAttribution(Explainer):
     of their CVPR 2021 "Transformer Interpretability Beyond Attention Visualization": the CVPR version
     weights each attention map by its LRP relevance, this one by its gradient —
     Ā = E_h[(∂y_t/∂A ⊙ A)^+], R = I, R ← R + Ā·R over the blocks. Map = the class token's row of R over
-    the patch tokens (patch grid). The gradient is of the target's score (default: the target logit).
-    Option `start_block` (0-based first block included, default 0: all blocks, as the paper).
+    the patch tokens (patch grid). The gradient is of the target's score (default: the target logit). Option
+    `start_block` (0-based first block included, default 0: all blocks, as the paper). This is GAE
+    (issue 15's "generic attention explainability") exactly, so it has no second key;
+    tests/test_explainers_vit.py checks it against GAE's update rule written out on SigLIP (no class token: the
+    patch rows' mean) and DINOv2 with registers.
     """
     display_name = "Transformer attribution"
 

@@ -107,6 +107,13 @@ def unit_range(name: str) -> bool:
     return bool(_REGISTRY[name].unit_range) if name in _REGISTRY else False
 
 
+def inapplicable(name: str, classifier: Classifier) -> str | None:
+    """Why method `name` cannot explain `classifier` (`Explainer.inapplicable`), or None when it can."""
+    if name not in _REGISTRY:
+        raise VfmxaiError(f"unknown method '{name}' (available: {', '.join(available())})")
+    return _REGISTRY[name].inapplicable(classifier)
+
+
 def get(name: str, classifier: Classifier, **options: Any) -> Explainer:
     """The explainer registered as `name`, bound to `classifier` (`target=` a `Target` among the options)."""
     if name not in _REGISTRY:
@@ -142,6 +149,12 @@ class Explainer:
     def score(self, output: Tensor, index: Tensor) -> Tensor:
         """The target's score (n,) of the rows of the model's `output`; `index` (n,): each row's entry of `targets`."""
         return self.target.score(output, index)
+
+    @classmethod
+    def inapplicable(cls, classifier: Classifier) -> str | None:
+        """Why this method cannot explain `classifier` (one line), or None when it can (every method but those
+        whose definition needs something of the model, e.g. TIS a head that reads any number of tokens)."""
+        return None
 
     def attribute(self, images: Tensor, targets: Tensor) -> Tensor:
         """Raw relevance (B, h, w) of each image for its target; larger = more important."""

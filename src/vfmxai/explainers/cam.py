@@ -53,7 +53,7 @@ def _check_classifier(method: str, classifier: Classifier) -> int:
     return backbone.num_blocks
 
 
-def _resolve_layer(method: str, layer: int, num_blocks: int) -> int:
+def resolve_layer(method: str, layer: int, num_blocks: int) -> int:
     if not -(num_blocks + 1) <= int(layer) <= num_blocks:
         raise VfmxaiError(
             f"method '{method}': option layer={layer} is out of range for hidden states h^(0)..h^({num_blocks})"
@@ -84,7 +84,7 @@ class GradCAM(Explainer):
         super().__init__(classifier, target)
         k = _check_classifier("gradcam", self.classifier)
         self.explicit_layer = layer is not None
-        self.layers = [k, k - 1] if layer is None else [_resolve_layer("gradcam", layer, k)]
+        self.layers = [k, k - 1] if layer is None else [resolve_layer("gradcam", layer, k)]
         self.last_layer: int | None = None
         self._taps = _HiddenStateTaps(self, self.layers)
 
@@ -145,7 +145,7 @@ class ScoreCAM(Explainer):
             raise VfmxaiError(f"method 'scorecam': option batch_size={batch_size} must be positive")
         if max_channels is not None and int(max_channels) < 1:
             raise VfmxaiError(f"method 'scorecam': option max_channels={max_channels} must be positive or None")
-        self.layer = _resolve_layer("scorecam", layer, k)
+        self.layer = resolve_layer("scorecam", layer, k)
         self.batch_size = int(batch_size)
         self.max_channels = None if max_channels is None else int(max_channels)
         self._taps = _HiddenStateTaps(self, [self.layer])
