@@ -192,5 +192,7 @@ def test_sanity_command_writes_its_files_refuses_overwrite_and_bad_methods(tmp_p
     assert_one_line_error(capsys, main([*args, *fresh, "--methods", "ala,gradcma"]), "--methods", "gradcma")
     assert_one_line_error(capsys, main([*args, *fresh, "--draws", "0"]), "--draws")
     assert_one_line_error(capsys, main([*args, *fresh, "--fail-at", "2"]), "--fail-at")
+    assert_one_line_error(capsys, main([*args, *fresh, "--device", "gpu0"]), "--device", "gpu0")
+    assert_one_line_error(capsys, main([*args, *fresh, "--checkpoint", str(tmp_path / "nowhere")]), "--checkpoint")
     assert not (tmp_path / "fresh").exists()
 

@@ -43,7 +43,6 @@ from vfmxai.metrics import mean_std, spearman_correlation
 from vfmxai.run_folder import Source, check_run_folder
 from vfmxai.runtime import autocast, check_device, default_device, resolve_precision
 from vfmxai.viz.sanity import save_randomisation_curves
-from vfmxai.vocabulary import PRECISIONS
 
 OUTPUTS = ("sanity.json", "sanity.md", "sanity.png")
 
@@ -72,8 +71,7 @@ class SanitySettings:
             raise VfmxaiError(f"--seed must be an integer >= 0, got {self.seed!r}")
         if isinstance(self.fail_at, bool) or not isinstance(self.fail_at, int | float) or not -1 <= self.fail_at <= 1:
             raise VfmxaiError(f"--fail-at must be a rank correlation in [-1, 1], got {self.fail_at!r}")
-        if self.precision not in PRECISIONS:
-            raise VfmxaiError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+        resolve_precision(self.precision, "cpu")  # a word of PRECISIONS, else one line
         object.__setattr__(self, "method_options", checked_method_options(self.method_options))
 
     def options_for(self, method: str) -> dict[str, Any]:
