@@ -153,7 +153,8 @@ def _planted_dataset(n):
 def test_mprt_and_random_logit_tell_a_model_blind_target_blind_map_from_gradcam(brightness_method, tmp_path):
     model = planted_classifier()
     settings = SanitySettings(n_images=4, draws=2)
-    result = sanity_check(model, _planted_dataset(6), ["brightness", "gradcam"], tmp_path / "out", settings)
+    result = sanity_check(model, _planted_dataset(6), ["brightness", "gradcam"], tmp_path / "out", settings,
+                          progress=False)
     bright, gradcam = result["methods"]["brightness"], result["methods"]["gradcam"]
     assert bright["mprt"]["mean"] == pytest.approx([1.0] * len(result["steps"]), abs=1e-6)
     assert bright["random_logit"]["mean"] == pytest.approx(1.0, abs=1e-6)
@@ -171,7 +172,7 @@ def test_sanity_command_writes_its_files_refuses_overwrite_and_bad_methods(tmp_p
     untrained_run(tiny_run_config(), tmp_path / "run")
     out = tmp_path / "out"
     args = ["sanity", "--checkpoint", str(tmp_path / "run"), "--dataset", "synthetic", "--out", str(out),
-            "--methods", "ala,gradcam", "--n-images", "2", "--draws", "1", "--device", "cpu"]
+            "--methods", "ala,gradcam", "--n-images", "2", "--draws", "1", "--device", "cpu", "--no-progress"]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["sanity.json", "sanity.md", "sanity.png"]
     result = json.loads((out / "sanity.json").read_text())

@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     sanity.add_argument("--seed", default=0, type=int, help="draws the images; draw d randomises with seed + d")
     sanity.add_argument("--fail-at", default=0.5, type=float, help="a method fails a test when Spearman ρ >= this")
     sanity.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    sanity.add_argument("--no-progress", action="store_true")
     _explainer_flags(sanity, batch_size=8)
 
     bench = sub.add_parser("bench", help="throughput of forward, explainers, insertion/deletion, training steps")
@@ -310,7 +311,10 @@ def _sanity(args: argparse.Namespace) -> int:
         n_images=args.n_images, batch_size=args.batch_size, draws=args.draws, seed=args.seed, fail_at=args.fail_at,
         precision=args.precision, method_options=_collect_method_options(args.method_options),
     )
-    result = sanity_run(_source(args), args.methods, args.out, settings, device=args.device, force=args.force)
+    result = sanity_run(
+        _source(args), args.methods, args.out, settings, device=args.device, force=args.force,
+        progress=not args.no_progress,
+    )
     for test, words in (("mprt", "model randomisation (MPRT)"), ("random_logit", "random logit")):
         failing = result["fails"][test]
         print(f"{words}: {', '.join(failing) + ' fail' if failing else 'every method passes'}")

@@ -19,6 +19,7 @@ sanity.png (`viz.sanity`). The models run in eval mode, LoRA merged, in `precisi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from vfmxai import explainers
 from vfmxai.backbones.lora import merged_lora
@@ -86,6 +88,7 @@ def sanity_run(
     *,
     device: str | None = None,
     force: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """`vfmxai sanity`: the run folder's model on its split (as `evaluate_run` loads them), then `sanity_check`.
     Every argument, `out` included, is checked before the model is loaded."""
@@ -97,7 +100,7 @@ def sanity_run(
     check_run_folder(source.run_dir)
     model, data, config = source.load(device or default_device())
     return sanity_check(model, data, methods, out, settings, dataset_name=source.dataset, split=source.split,
-                        config=config, force=True)
+                        config=config, force=True, progress=progress)
 
 
 def sanity_check(
@@ -111,9 +114,11 @@ def sanity_check(
     split: str = "test",
     config: Any = None,
     force: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """MPRT and random logit of `methods` on `model` (where its parameters are) and images of `dataset`; writes
-    `out` (refused when it holds files, unless `force`) and returns sanity.json's content."""
+    `out` (refused when it holds files, unless `force`) and returns sanity.json's content. `progress`: a bar on
+    stderr over the randomised models."""
     settings = settings or SanitySettings()
     out = _check_out(out, force)
     config = jsonable(config.to_dict() if hasattr(config, "to_dict") else config, "config")
@@ -129,8 +134,10 @@ def sanity_check(
             original = {m: _maps(model, m, images, labels, settings) for m in names}
             others = [_other_classes(labels, model.num_classes, seed) for seed in draw_seeds]
             logit_rho = {m: _random_logit(model, m, images, original[m], others, settings) for m in names}
-        mprt_rho = _model_randomisation(model, names, images, labels, original, draw_seeds, settings)
-    steps = randomisation_steps(model)
+        steps = randomisation_steps(model)
+        with tqdm(total=len(draw_seeds) * len(steps), desc="sanity", unit="model", file=sys.stderr,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            mprt_rho = _model_randomisation(model, names, images, labels, original, draw_seeds, settings, bar)
     result = {
         "dataset": dataset_name,
         "split": split,
@@ -217,6 +224,7 @@ def _model_randomisation(
     original: Mapping[str, Tensor],
     draw_seeds: list[int],
     settings: SanitySettings,
+    bar: tqdm,
 ) -> dict[str, Tensor]:
     """{method: (draws, steps, B) rho between its original maps and those of each cumulatively randomised model};
     every method sees the same randomised models."""
@@ -224,10 +232,12 @@ def _model_randomisation(
     for seed in draw_seeds:
         for m in names:
             rho[m].append([])
-        for _, randomised in cascade(model, seed):
+        for step, randomised in cascade(model, seed):
+            bar.set_postfix_str(f"draw {seed - draw_seeds[0] + 1}/{len(draw_seeds)}, down to {step.name}")
             with merged_lora(randomised):
                 for m in names:
                     rho[m][-1].append(_similarity(original[m], _maps(randomised, m, images, labels, settings)).cpu())
+            bar.update()
     return {m: torch.stack([torch.stack(per_step) for per_step in draws]) for m, draws in rho.items()}
 
 
