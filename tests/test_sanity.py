@@ -197,3 +197,23 @@ def test_sanity_command_writes_its_files_refuses_overwrite_and_bad_methods(tmp_p
     assert_one_line_error(capsys, main([*args, *fresh, "--checkpoint", str(tmp_path / "nowhere")]), "--checkpoint")
     assert not (tmp_path / "fresh").exists()
 
+
+
+def test_a_method_whose_maps_are_constant_has_no_verdict_rather_than_a_pass(tmp_path):
+    """A constant map ranks nothing: no rho, no verdict (a randomised model could not 'change' it)."""
+
+    @register("flat")
+    class Flat(Explainer):
+        def attribute(self, images, targets):
+            return torch.zeros(images.shape[0], 4, 4)
+
+    try:
+        result = sanity_check(tiny_probe(num_classes=2), _planted_dataset(3), ["flat"], tmp_path / "out",
+                              SanitySettings(n_images=3, draws=1), progress=False)
+    finally:
+        del _REGISTRY["flat"]
+    flat = result["methods"]["flat"]
+    assert flat["constant_maps"] == 3 and flat["mprt"]["fails"] is None and flat["random_logit"]["fails"] is None
+    assert result["fails"] == {"mprt": [], "random_logit": []}
+    assert "| flat | n/a | n/a | n/a | n/a | n/a |" in (tmp_path / "out" / "sanity.md").read_text()
+    assert (tmp_path / "out" / "sanity.png").is_file()
