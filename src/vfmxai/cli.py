@@ -25,7 +25,7 @@ from vfmxai.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from vfmxai.evaluation import EvaluationSettings
+    from vfmxai.evaluation import EvaluationSettings, Source
 
 PRECISION_HELP = "auto (bf16 autocast on a GPU, fp32 on a CPU), bf16 or fp32"
 
@@ -92,12 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("inputs", nargs="+")
 
     evaluate = sub.add_parser("evaluate", help="every method x a dataset split x every metric -> metrics.json")
-    evaluate.add_argument("--checkpoint", required=True, type=Path)
-    evaluate.add_argument("--dataset", required=True, choices=DATASETS)
-    evaluate.add_argument("--root", type=Path)
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--methods", default="all")
-    evaluate.add_argument("--out", required=True, type=Path)
+    _source_flags(evaluate)
     evaluate.add_argument("--shard", help="RANK/WORLD: evaluate one shard; rank 0 merges (also under torchrun)")
     evaluate.add_argument("--devices", type=int, help="run N worker processes (one per GPU, else CPU) and merge")
     _evaluation_flags(evaluate)
@@ -112,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     reproduce.add_argument("--out", required=True, type=Path)
     _evaluation_flags(reproduce)
+
+    sanity = sub.add_parser("sanity", help="model-randomisation (MPRT) and random-logit tests of every method")
+    _source_flags(sanity)
+    sanity.add_argument("--n-images", default=8, type=int, help="images drawn from the split (seeded)")
+    sanity.add_argument("--draws", default=3, type=int, help="independent randomisations (and random classes)")
+    sanity.add_argument("--seed", default=0, type=int, help="draws the images; draw d randomises with seed + d")
+    sanity.add_argument("--fail-at", default=0.5, type=float, help="a method fails a test when Spearman ρ >= this")
+    sanity.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    sanity.add_argument("--no-progress", action="store_true")
+    _explainer_flags(sanity, batch_size=8)
 
     bench = sub.add_parser("bench", help="throughput of forward, explainers, insertion/deletion, training steps")
     bench.add_argument("--out", default=Path("bench_out"), type=Path)
@@ -133,9 +138,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
+def _source_flags(parser: argparse.ArgumentParser) -> None:
+    """A run folder's model on one dataset split, the methods and the output folder (evaluate, sanity)."""
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--root", type=Path)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--methods", default="all")
+    parser.add_argument("--out", required=True, type=Path)
+
+
+def _explainer_flags(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """Where and how the explainers run (evaluate, reproduce, sanity)."""
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--batch-size", default=16, type=int)
+    parser.add_argument("--batch-size", default=batch_size, type=int)
+    parser.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    parser.add_argument(
+        "--method-option", dest="method_options", action="append", default=[], type=_method_option,
+        metavar="METHOD.KEY=VALUE", help="an explainer option, e.g. rise.n_masks=64 (value parsed as JSON)",
+    )
+
+
+def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
+    _explainer_flags(parser, batch_size=16)
     parser.add_argument("--steps", default=100, type=int, help="insertion/deletion steps")
     parser.add_argument(
         "--substrate", default="black", choices=EVAL_SUBSTRATES,
@@ -150,11 +175,6 @@ def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-workers", type=int, help="data-loading processes (default: 0 on a CPU, up to 8 on a GPU)"
-    )
-    parser.add_argument("--precision", default="auto", help=PRECISION_HELP)
-    parser.add_argument(
-        "--method-option", dest="method_options", action="append", default=[], type=_method_option,
-        metavar="METHOD.KEY=VALUE", help="an explainer option, e.g. rise.n_masks=64 (value parsed as JSON)",
     )
     parser.add_argument("--no-progress", action="store_true")
 
@@ -192,6 +212,12 @@ def _collect_method_options(items: list[tuple[str, str, object]]) -> dict[str, d
     for method, option, value in items:
         options.setdefault(method, {})[option] = value
     return options
+
+
+def _source(args: argparse.Namespace) -> Source:
+    from vfmxai.evaluation import Source
+
+    return Source(args.checkpoint, args.dataset, args.root, args.split)
 
 
 def _need_root(args: argparse.Namespace) -> None:
@@ -269,7 +295,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vfmxai.evaluation import Processes, Source, evaluate_run
+    from vfmxai.evaluation import Processes, evaluate_run
     from vfmxai.evaluation.sharding import parse_shard
 
     _need_root(args)
@@ -277,9 +303,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise VfmxaiError("--shard and --devices: choose one (a shard of a job, or N local worker processes)")
     settings = _evaluation_settings(args)
     parallel = parse_shard(args.shard) if args.shard else None if args.devices is None else Processes(args.devices)
-    source = Source(args.checkpoint, args.dataset, args.root, args.split)
     result = evaluate_run(
-        source, args.methods, args.out, settings, parallel=parallel, device=args.device, progress=not args.no_progress
+        _source(args), args.methods, args.out, settings, parallel=parallel, device=args.device,
+        progress=not args.no_progress,
     )
     if result is None:
         print(f"shard {args.shard} done -> {args.out}")
@@ -288,6 +314,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         if empty := result.get("empty_masks"):
             print(f"vfmxai: warning: {len(empty)} image(s) have an empty object mask and are left out of mIoU and "
                   f"the pointing games (listed in metrics.json, empty_masks)", file=sys.stderr)
+    return 0
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    from vfmxai.evaluation.sanity import SanitySettings, sanity_run
+
+    _need_root(args)
+    settings = SanitySettings(
+        n_images=args.n_images, batch_size=args.batch_size, draws=args.draws, seed=args.seed, fail_at=args.fail_at,
+        precision=args.precision, method_options=_collect_method_options(args.method_options),
+    )
+    result = sanity_run(
+        _source(args), args.methods, args.out, settings, device=args.device, force=args.force,
+        progress=not args.no_progress,
+    )
+    for test, words in (("mprt", "model randomisation (MPRT)"), ("random_logit", "random logit")):
+        failing = result["fails"][test]
+        print(f"{words}: {', '.join(failing) + ' fail' if failing else 'every method passes'}")
+    print(f"sanity checks of {len(result['methods'])} method(s) on {result['n_images']} image(s) -> "
+          f"{args.out / 'sanity.json'}")
     return 0
 
 
@@ -325,6 +371,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _train,
     "explain": _explain,
     "evaluate": _evaluate,
+    "sanity": _sanity,
     "bench": _bench,
     "reproduce": _reproduce,
 }

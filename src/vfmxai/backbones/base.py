@@ -100,6 +100,11 @@ class Backbone(nn.Module):
         return len(self.blocks)
 
     @property
+    def final_norm(self) -> nn.Module | None:
+        """The norm applied to the pooled token after the last block (`FamilySpec.final_norm_path`), or None."""
+        return None if self.spec.final_norm_path is None else _get(self.model, self.spec.final_norm_path)
+
+    @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patch tokens: the class token (if any) and the registers."""
         return int(self.spec.class_token) + self.num_registers
@@ -155,9 +160,8 @@ class Backbone(nn.Module):
         patch token (vfmxai does not use SigLIP's attention-pooling head: every method can then say which tokens
         the embedding mixes, and a probe on it is as linear as on a class token)."""
         token = last_hidden[:, 0] if self.has_class_token else last_hidden[:, self.num_prefix_tokens :].mean(dim=1)
-        if self.spec.final_norm_path is None:
-            return token
-        return _get(self.model, self.spec.final_norm_path)(token)
+        norm = self.final_norm
+        return token if norm is None else norm(token)
 
     def embedding(self, images: Tensor) -> Tensor:
         """`pooled` of the last hidden state (B, D): what a linear probe and DAAM's self-supervised score read."""

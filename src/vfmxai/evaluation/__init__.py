@@ -5,12 +5,15 @@
   parallel=...)` does the same from a run folder, in one process, one shard or N worker processes.
 - `aggregate(eval_dirs, out)`: several seeds -> mean ± std and paired tests against ALA.
 - `reproduce(recipe, seeds, out, settings)`: train + evaluate + aggregate, optionally the ablations.
+- `sanity_run(source, methods, out, settings)` / `sanity_check(model, dataset, ...)`: cascading model-parameter
+  randomisation (MPRT) and random-logit tests -> sanity.json, sanity.md, sanity.png.
 
 Modules, one job each: `settings` (how an evaluation scores), `runner` (the resumable loop and the
 scores), `sharding` (how batches are split over processes), `launch` (a run folder, scheduled), `store`
 (per-image results on disk), `outputs` (the result files), `report` (numbers and tables), `html_report`
 (report.html's content, drawn by `vfmxai.viz.report_html`), `progress`
-(bars), `aggregate` (over seeds), `reproduce` (the paper's experiment).
+(bars), `aggregate` (over seeds), `reproduce` (the paper's experiment), `randomisation` (the cascade MPRT
+re-initialises a model along), `sanity` (the sanity checks and their files).
 """
 
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results, write_aggregate
@@ -18,6 +21,7 @@ from vfmxai.evaluation.launch import evaluate_run
 from vfmxai.evaluation.report import METRICS, render_table
 from vfmxai.evaluation.reproduce import ABLATIONS, Ablation, reproduce
 from vfmxai.evaluation.runner import evaluate, resolve_methods
+from vfmxai.evaluation.sanity import SanitySettings, sanity_check, sanity_run
 from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.sharding import Processes, Shard
 from vfmxai.evaluation.store import PerImage, load_per_image
@@ -32,6 +36,7 @@ __all__ = [
     "EvaluationSettings",
     "PerImage",
     "Processes",
+    "SanitySettings",
     "Shard",
     "Source",
     "aggregate",
@@ -42,5 +47,7 @@ __all__ = [
     "render_table",
     "reproduce",
     "resolve_methods",
+    "sanity_check",
+    "sanity_run",
     "write_aggregate",
 ]

@@ -77,6 +77,22 @@ def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[li
     replaced; a name that is neither one of the ten nor registered is a typo and an error.
     """
     registered = explainers.available()
+    names = method_names(methods)
+    missing: dict[str, str] = {}
+    for name in names:
+        if name not in registered:
+            missing[name] = "not available in this installation (no explainer registered)"
+        elif name == "ala" and not callable(getattr(model, "explain", None)):
+            missing[name] = "inapplicable: the model is not an ALA model"
+        elif reason := explainers.inapplicable(name, model):
+            missing[name] = f"inapplicable: {reason}"
+    return [n for n in names if n not in missing], missing
+
+
+def method_names(methods: str | Sequence[str]) -> list[str]:
+    """The method keys `methods` names ("all", "m1,m2" or a list; duplicates dropped), each one of the ten or
+    registered; else one line naming the typos. Needs no model, so a command checks it before loading one."""
+    registered = explainers.available()
     if isinstance(methods, str):
         names = [*METHODS, *(m for m in registered if m not in METHODS)] if methods == "all" else methods.split(",")
     else:
@@ -88,15 +104,7 @@ def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[li
     if unknown:
         known = ", ".join(dict.fromkeys([*METHODS, *registered]))
         raise VfmxaiError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {known})")
-    missing: dict[str, str] = {}
-    for name in names:
-        if name not in registered:
-            missing[name] = "not available in this installation (no explainer registered)"
-        elif name == "ala" and not callable(getattr(model, "explain", None)):
-            missing[name] = "inapplicable: the model is not an ALA model"
-        elif reason := explainers.inapplicable(name, model):
-            missing[name] = f"inapplicable: {reason}"
-    return [n for n in names if n not in missing], missing
+    return names
 
 
 def evaluate(

@@ -63,19 +63,25 @@ class EvaluationSettings:
             raise VfmxaiError(f"--num-workers must be an integer >= 0, got {self.num_workers}")
         if not isinstance(self.tie_seed, int):
             raise VfmxaiError(f"tie_seed must be an integer, got {self.tie_seed!r}")
-        options = {str(k): dict(v) for k, v in (self.method_options or {}).items()}
-        registered = explainers.available()
-        for name, opts in options.items():
-            if name not in METHODS and name not in registered:
-                raise VfmxaiError(f"method_options: unknown method '{name}' (known: {', '.join(METHODS)})")
-            jsonable(opts, f"method_options['{name}']")
-            if name in registered:
-                explainers.check_options(name, opts)
-        object.__setattr__(self, "method_options", options)
+        object.__setattr__(self, "method_options", checked_method_options(self.method_options))
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The options given for `method` ({} for none)."""
         return dict(self.method_options.get(method, {}))
+
+
+def checked_method_options(method_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """{method: {option: value}} as plain dicts, each method known and each option one it takes with a value of
+    its default's type (`explainers.check_options`) that JSON can record; else one line naming the first wrong."""
+    options = {str(k): dict(v) for k, v in (method_options or {}).items()}
+    registered = explainers.available()
+    for name, opts in options.items():
+        if name not in METHODS and name not in registered:
+            raise VfmxaiError(f"method_options: unknown method '{name}' (known: {', '.join(METHODS)})")
+        jsonable(opts, f"method_options['{name}']")
+        if name in registered:
+            explainers.check_options(name, opts)
+    return options
 
 
 def jsonable(value: Any, name: str) -> Any:

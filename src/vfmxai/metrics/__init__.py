@@ -21,12 +21,14 @@ from vfmxai.metrics.perturbation import (
     pixel_ranks,
     step_counts,
 )
+from vfmxai.metrics.similarity import average_ranks, spearman_correlation
 from vfmxai.metrics.statistics import mean_std, paired_test
 
 __all__ = [
     "InsDelResult",
     "accuracy",
     "auc",
+    "average_ranks",
     "best_tau_iou",
     "dataset_iou",
     "default_thresholds",
@@ -42,5 +44,6 @@ __all__ = [
     "paired_test",
     "pixel_ranks",
     "pointing_game",
+    "spearman_correlation",
     "step_counts",
 ]
