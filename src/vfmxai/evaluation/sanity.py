@@ -275,7 +275,21 @@ def _write(out: Path, result: Mapping[str, Any], step_names: list[str]) -> None:
         m: (np.asarray(r["mprt"]["mean"]), np.asarray(r["mprt"]["std"]))
         for m, r in result["methods"].items() if r["mprt"]["mean"] is not None
     }
-    save_randomisation_curves(curves, step_names, out / "sanity.png", result["config"]["sanity"]["fail_at"], labels)
+    settings = result["config"]["sanity"]
+    save_randomisation_curves(curves, step_names, out / "sanity.png", settings["fail_at"], labels, _source_line(result))
+
+
+def _source_line(result: Mapping[str, Any]) -> str:
+    """What the figure was made from: backbone, classifier, data root and split, images and draws."""
+    run = result["config"].get("run") or {}
+    backbone = Path(str(run.get("backbone", {}).get("name", ""))).name or "model"
+    data = run.get("data", {})
+    where = Path(str(data.get("root") or "")).name or result.get("dataset", "")
+    settings = result["config"]["sanity"]
+    return (
+        f"{backbone} + {run.get('classifier', 'model')}, {where} {result.get('split', '')}: "
+        f"{result.get('n_images', '?')} images, {settings['draws']} draw(s)"
+    )
 
 
 def _verdict(fails: bool | None) -> str:

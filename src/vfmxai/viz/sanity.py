@@ -22,9 +22,10 @@ def randomisation_figure(
     steps: Sequence[str],
     fail_at: float,
     labels: Mapping[str, str] | None = None,
+    source: str = "",
 ) -> Figure:
     """One line per method: rho mean (band: ± std) after each cumulative step `steps`, the threshold `fail_at`
-    dashed. `curves`: {method: (mean (S,), std (S,))}."""
+    dashed. `curves`: {method: (mean (S,), std (S,))}; `source`: the model and data, under the title."""
     figure = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(figure)
     ax = figure.subplots()
@@ -40,7 +41,7 @@ def randomisation_figure(
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("randomised down to (cumulative, from the head)")
     ax.set_ylabel("Spearman ρ with the original map")
-    ax.set_title("Cascading model-parameter randomisation")
+    ax.set_title("Cascading model-parameter randomisation" + (f"\n{source}" if source else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
@@ -53,7 +54,8 @@ def save_randomisation_curves(
     path: str | Path,
     fail_at: float,
     labels: Mapping[str, str] | None = None,
+    source: str = "",
 ) -> None:
     """PNG of `randomisation_figure`, FIGSIZE * DPI pixels (900 x 450)."""
-    figure = randomisation_figure(curves, steps, fail_at, labels)
+    figure = randomisation_figure(curves, steps, fail_at, labels, source)
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
