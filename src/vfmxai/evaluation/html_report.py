@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vfmxai.evaluation.report import HEADERS, LOWER_IS_BETTER, TABLE_COLUMNS, per_image_scores
+from vfmxai.evaluation.report import HEADERS, LOWER_IS_BETTER, per_image_scores, table_columns
 from vfmxai.evaluation.store import PerImage
 from vfmxai.explainers import display_name
 from vfmxai.viz.report_html import ReportImages, SummaryTable, write_report_html
@@ -37,7 +37,7 @@ def metrics_table(metrics: Mapping[str, Any], title: str, p_metric: str = "miou"
         header = f"p vs {display_name(reference)} ({HEADERS[p_metric][:-2]})"
         p_column = (header, {m: ps[p_metric] for m, ps in p_values.items() if p_metric in ps})
     return SummaryTable(
-        title, rows, [(c, HEADERS[c]) for c in TABLE_COLUMNS],
+        title, rows, [(c, HEADERS[c]) for c in table_columns(rows)],
         labels={m: display_name(m) for m in rows}, lower_is_better=LOWER_IS_BETTER,
         p_values=p_column, note=summary_line(metrics),
     )
@@ -59,8 +59,12 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
 
 def report_images(results: PerImage, names: Sequence[str], class_names: Sequence[str] | None) -> ReportImages:
     """The per-image part of the page from `results`; the target's probability is the deletion curve's first
-    point (the clean image), the same in every method's curve."""
-    curves = {m: (results.methods[m]["insertion_curve"], results.methods[m]["deletion_curve"]) for m in names}
+    point (the clean image), the same in every method's curve (none without insertion/deletion)."""
+    curves = {
+        m: (results.methods[m]["insertion_curve"], results.methods[m]["deletion_curve"])
+        for m in names
+        if "insertion_curve" in results.methods[m]
+    }
     pictures = results.pictures
     return ReportImages(
         ids=results.ids,
@@ -70,7 +74,7 @@ def report_images(results: PerImage, names: Sequence[str], class_names: Sequence
         curves=curves,
         class_names=list(class_names) if class_names else None,
         mask_share=pictures["mask_share"].numpy() if "mask_share" in pictures else None,
-        target_prob=curves[names[0]][1][:, 0] if names else None,
+        target_prob=curves[names[0]][1][:, 0] if names and names[0] in curves else None,
         images=pictures.get("thumbnail"),
         masks=pictures.get("mask_thumbnail"),
         maps={m: results.map_thumbnails[m] for m in names if m in results.map_thumbnails},
