@@ -169,3 +169,41 @@ def test_bad_metric_names_and_options_are_refused_in_one_line_before_any_work(
     err = capsys.readouterr().err
     assert code == 1 and err.startswith(f"vfmxai: error: {message}") and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+TINY = [
+    "backbone.name=tiny", "backbone.image_size=32", "backbone.lora_rank=4", "model.patch_size=8", "model.dim=16",
+    "model.depth=2", "model.heads=2", "model.n_inject=2", "model.map_channels=8", "model.pb_channels=16",
+    "data.n_train=16", "data.n_val=8", "data.n_test=4", "data.synth_size=32", "data.seed=3",
+    "train.epochs=1", "train.batch_size=8", "train.lr=0.01", "train.patience=0",
+]
+
+
+def test_reproduce_carries_the_chosen_metrics_into_both_tables(
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vfmxai.training
+    from run_fixtures import untrained_run
+
+    from vfmxai.evaluation import reproduce
+    from vfmxai.explainers.ala import ALAExplainer
+    from vfmxai.run_folder import Recipe
+
+    monkeypatch.setitem(base._REGISTRY, "ala", type("ALA", (ALAExplainer,), {"name": "ala"}))
+    monkeypatch.setattr(vfmxai.training, "train", lambda config, out, **kw: untrained_run(config, out))
+    settings = EvaluationSettings(batch_size=4, metrics="miou,sparseness")
+    result = reproduce(Recipe("toy", "synthetic", overrides=TINY), 2, tmp_path, settings, ablations=True,
+                       methods=["brightness", "ala"], progress=False)
+    per_seed = [json.loads((tmp_path / f"seed{k}" / "eval" / "metrics.json").read_text()) for k in (0, 1)]
+    for method in ("ala", "brightness"):
+        assert set(result["methods"][method]) == {
+            "miou", "miou_std", "miou_dataset", "miou_dataset_std", "miou_best_tau", "miou_best_tau_std",
+            "sparseness", "sparseness_std",
+        }
+        values = [m["methods"][method]["sparseness"] for m in per_seed]
+        assert result["methods"][method]["sparseness"] == pytest.approx(np.mean(values), abs=1e-6)
+    assert set(result["p_values"]["brightness"]) == {"miou"}  # the paper's per-image metrics that were chosen
+    header = next(line for line in (tmp_path / "table2.md").read_text().splitlines() if line.startswith("| Method"))
+    assert "Sparseness ↑" in header and "Insertion" not in header
+    header = next(line for line in (tmp_path / "table4.md").read_text().splitlines() if line.startswith("| Model"))
+    assert header.split(" | ")[4:] == ["mIoU ↑", "Sparseness ↑", "p vs (iv) (mIoU) |"]
