@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_fixtures import untrained_run
 from torch.utils.data import Subset
 
+import vfmxai.training
 from vfmxai.cli import main
 from vfmxai.errors import VfmxaiError
-from vfmxai.evaluation import EvaluationSettings, evaluate
+from vfmxai.evaluation import EvaluationSettings, evaluate, reproduce
 from vfmxai.evaluation.metric_set import ALL_COLUMNS, columns_of
 from vfmxai.explainers import base
+from vfmxai.explainers.ala import ALAExplainer
 from vfmxai.metrics import aopc, max_sensitivity, pointing_game, relevance_mass, road, sparseness
-from vfmxai.run_folder import dataset_split, load_run
+from vfmxai.run_folder import Recipe, dataset_split, load_run
 
 CHOSEN = "pointing_game,aopc,road,sparseness,max_sensitivity,relevance_mass"
 OPTIONS = {
@@ -182,13 +185,6 @@ TINY = [
 def test_reproduce_carries_the_chosen_metrics_into_both_tables(
     run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vfmxai.training
-    from run_fixtures import untrained_run
-
-    from vfmxai.evaluation import reproduce
-    from vfmxai.explainers.ala import ALAExplainer
-    from vfmxai.run_folder import Recipe
-
     monkeypatch.setitem(base._REGISTRY, "ala", type("ALA", (ALAExplainer,), {"name": "ala"}))
     monkeypatch.setattr(vfmxai.training, "train", lambda config, out, **kw: untrained_run(config, out))
     settings = EvaluationSettings(batch_size=4, metrics="miou,sparseness")
