@@ -23,6 +23,7 @@ from vfmxai.explainers import base
 from vfmxai.explainers.ala import ALAExplainer
 from vfmxai.metrics import aopc, max_sensitivity, pointing_game, relevance_mass, road, sparseness
 from vfmxai.run_folder import Recipe, dataset_split, load_run
+from vfmxai.viz.report_html import read_report_data
 
 CHOSEN = "pointing_game,aopc,road,sparseness,max_sensitivity,relevance_mass"
 OPTIONS = {
@@ -102,7 +103,11 @@ def test_only_the_chosen_metrics_are_written_with_the_functions_values(run, tmp_
     assert "AOPC MoRF ↑" in table and "ROAD MoRF ↓" in table and "mIoU" not in table.split("\n\n")[1]
     assert "Metrics: pointing_game (tolerance=3); aopc (steps=4" in table
     assert not (tmp_path / "curves.png").exists() and (tmp_path / "grid.png").is_file()  # no insertion/deletion
-    assert "AOPC MoRF" in (tmp_path / "report.html").read_text()
+    page = read_report_data((tmp_path / "report.html").read_text(encoding="utf-8"))["images"]
+    assert [k for k, _ in page["metrics"]] == ["aopc_morf", "aopc_lerf", "road_morf", "road_lerf", "sparseness",
+                                              "max_sensitivity", "relevance_mass"]
+    assert page["lower"] == ["aopc_lerf", "max_sensitivity", "road_morf"] and page["target_prob"] is None
+    np.testing.assert_allclose(page["scores"]["brightness"]["sparseness"], sparseness(maps).numpy(), atol=5.1e-5)
 
 
 def test_the_default_is_the_papers_set_and_all_scores_every_metric(run, tmp_path: Path) -> None:

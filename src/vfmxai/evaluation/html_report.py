@@ -18,11 +18,17 @@ from typing import Any
 from vfmxai.evaluation.report import HEADERS, LOWER_IS_BETTER, per_image_scores, table_columns
 from vfmxai.evaluation.store import PerImage
 from vfmxai.explainers import display_name
-from vfmxai.viz.report_html import ReportImages, SummaryTable, write_report_html
+from vfmxai.viz.report_html import DETAIL_ONLY, IMAGE_METRICS, ReportImages, SummaryTable, write_report_html
 
 REPORT = "report.html"
 FIGURES = {"grid.png": "Method grid: the first images, each method's map", "curves.png":
            "Insertion and deletion curves, mean over images"}
+SHORT_HEADERS = {
+    "aopc_morf": "AOPC MoRF", "aopc_lerf": "AOPC LeRF", "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF",
+    "sparseness": "Gini", "complexity": "Entropy", "max_sensitivity": "MaxSens", "avg_sensitivity": "AvgSens",
+    "infidelity": "INFD", "relevance_mass": "RMA", "relevance_rank": "RRA",
+}
+"""The per-image table's headers of the metrics beyond the paper's (IMAGE_METRICS, DETAIL_ONLY)."""
 VERSIONED = ("vfmxai", "torch", "transformers", "peft", "lightning", "numpy", "safetensors")
 
 
@@ -66,11 +72,15 @@ def report_images(results: PerImage, names: Sequence[str], class_names: Sequence
         if "insertion_curve" in results.methods[m]
     }
     pictures = results.pictures
+    scores = {m: per_image_scores(results.methods[m]) for m in names}
+    present = set(next(iter(scores.values()), {}))
+    table = [(k, h) for k, h in IMAGE_METRICS if k in present]
+    table += [(k, h) for k, h in SHORT_HEADERS.items() if k in present]
     return ReportImages(
         ids=results.ids,
         labels=results.labels,
         predicted=results.predicted,
-        scores={m: per_image_scores(results.methods[m]) for m in names},
+        scores=scores,
         curves=curves,
         class_names=list(class_names) if class_names else None,
         mask_share=pictures["mask_share"].numpy() if "mask_share" in pictures else None,
@@ -78,6 +88,9 @@ def report_images(results: PerImage, names: Sequence[str], class_names: Sequence
         images=pictures.get("thumbnail"),
         masks=pictures.get("mask_thumbnail"),
         maps={m: results.map_thumbnails[m] for m in names if m in results.map_thumbnails},
+        metrics=table,
+        detail_metrics=[(k, h) for k, h in DETAIL_ONLY if k in present],
+        lower=sorted(k for k in LOWER_IS_BETTER if k in present),
     )
 
 
