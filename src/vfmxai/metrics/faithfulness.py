@@ -160,7 +160,8 @@ def infidelity(
     generator = torch.Generator().manual_seed(int(seed))
     noise = (torch.randn((n_samples, *images.shape[1:]), generator=generator) * float(sigma)).to(device)
     explained = resize_maps(maps, (height, width))
-    projections = torch.einsum("schw,bhw->bs", noise, explained)  # a_s = I_s^T e per image and draw
+    with torch.autocast(device.type, enabled=False):  # float32 even under a bf16 autocast
+        projections = torch.einsum("schw,bhw->bs", noise, explained.float())  # a_s = I_s^T e per image, draw
     with eval_mode(classifier), torch.no_grad():
         targets = resolve_targets(name, classifier, images, targets, target_mode, batch_size)
         chunks = zip(images.split(batch_size), targets.split(batch_size), strict=True)
