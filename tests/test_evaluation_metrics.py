@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 import vfmxai.training
 from vfmxai.cli import main
 from vfmxai.errors import VfmxaiError
-from vfmxai.evaluation import EvaluationSettings, evaluate, reproduce
+from vfmxai.evaluation import EvaluationSettings, evaluate, load_per_image, reproduce
 from vfmxai.evaluation.metric_set import ALL_COLUMNS, columns_of
 from vfmxai.explainers import base
 from vfmxai.explainers.ala import ALAExplainer
@@ -121,6 +121,20 @@ def test_the_default_is_the_papers_set_and_all_scores_every_metric(run, tmp_path
     every = _evaluate(model, Subset(dataset, [0, 1]), tmp_path / "all", metrics="all", metric_options=options)
     row = every["methods"]["brightness"]
     assert list(row) == list(ALL_COLUMNS) and all(v is not None and np.isfinite(v) for v in row.values())
+
+
+def test_the_seeded_draws_do_not_depend_on_batching(run, tmp_path: Path) -> None:
+    """ROAD's noise, the sensitivity draws and infidelity's perturbations are the same for every image, so
+    batches of 2 and of 5 give every image the same scores."""
+    model, dataset, _ = run
+    options = {"road": {"percentiles": [30, 70], "seed": 1}, "avg_sensitivity": {"n_samples": 2},
+               "infidelity": {"n_samples": 3}}
+    fields = {"metrics": "road,avg_sensitivity,infidelity", "metric_options": options}
+    _evaluate(model, dataset, tmp_path / "two", **fields, batch_size=2, perturb_batch_size=3)
+    _evaluate(model, dataset, tmp_path / "five", **fields, batch_size=5)
+    two, five = (load_per_image(tmp_path / n).methods["brightness"] for n in ("two", "five"))
+    for key in ("road_morf_curve", "road_lerf_curve", "avg_sensitivity", "infidelity"):
+        np.testing.assert_allclose(two[key], five[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
 def test_changing_a_metric_option_never_reuses_stored_results(run, tmp_path: Path) -> None:
