@@ -15,6 +15,8 @@ from vfmxai.metrics import (
     iou_curve,
     mean_iou,
     pointing_game,
+    relevance_mass,
+    relevance_rank,
 )
 
 
@@ -168,3 +170,43 @@ def test_bad_thresholds_and_counts_raise():
         best_tau_iou(torch.rand(2, 3), [0.5])
     with pytest.raises(VfmxaiError):
         dataset_iou(torch.ones(2), torch.ones(3))
+
+
+def test_pointing_game_tolerance_reaches_a_peak_just_outside_the_mask():
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[:, 2, 2] = True
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 2, 3] = 1.0  # distance 1
+    maps[1, 4, 5] = 1.0  # distance sqrt(13) = 3.61
+    maps[2, 2, 2] = 1.0  # on the object
+    assert pointing_game(maps, masks).tolist() == [0.0, 0.0, 1.0]
+    assert pointing_game(maps, masks, tolerance=1).tolist() == [0.0, 0.0, 1.0]  # TorchRay's disc: d < t
+    assert pointing_game(maps, masks, tolerance=1.5).tolist() == [1.0, 0.0, 1.0]
+    assert pointing_game(maps, masks, tolerance=3.6).tolist() == [1.0, 0.0, 1.0]
+    assert pointing_game(maps, masks, tolerance=3.7).tolist() == [1.0, 1.0, 1.0]
+    corner = torch.zeros(1, 8, 8)
+    corner[0, 7, 7] = 1.0  # the disc around a corner peak leaves the image
+    assert pointing_game(corner, masks[:1], tolerance=15).tolist() == [1.0]
+    with pytest.raises(VfmxaiError, match="tolerance"):
+        pointing_game(maps, masks, tolerance=-1)
+
+
+def test_relevance_mass_and_rank_by_hand():
+    maps = torch.tensor([[[2.0, -1.0], [1.0, 0.0]], [[4.0, 3.0], [2.0, 1.0]]])
+    masks = torch.tensor([[[1, 0], [0, 0]], [[0, 1], [1, 0]]], dtype=torch.bool)
+    # positive mass 3, of which 2 inside; image 2: 5 of 10
+    assert relevance_mass(maps, masks).tolist() == pytest.approx([2 / 3, 0.5])
+    # K = 1: the top pixel (0, 0) is inside; K = 2: the top two are (0, 0), (0, 1), one inside
+    assert relevance_rank(maps, masks).tolist() == pytest.approx([1.0, 0.5])
+    empty = torch.zeros(1, 2, 2, dtype=torch.bool)
+    assert relevance_rank(maps[:1], empty).tolist() == [0.0]
+    assert relevance_mass(-maps[1:], masks[1:]).tolist() == [0.0]  # no positive relevance
+
+
+def test_relevance_rank_breaks_ties_by_the_seeded_permutation():
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True
+    flat = torch.ones(1, 4, 4)
+    scores = {relevance_rank(flat, masks, tie_seed=s).item() for s in range(20)}
+    assert len(scores) > 1  # a flat map ranks no pixel first: the seed decides which 8 are "top"
+    assert relevance_rank(flat, masks, tie_seed=3).item() == relevance_rank(flat, masks, tie_seed=3).item()

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from vfmxai.errors import VfmxaiError
 from vfmxai.vocabulary import (
     DATASETS,
+    DEFAULT_EVAL_METRICS,
+    EVAL_METRICS,
     EVAL_SUBSTRATES,
     EXPLAIN_TARGETS,
     SYNTHETIC_SIZE,
@@ -176,19 +178,35 @@ def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-workers", type=int, help="data-loading processes (default: 0 on a CPU, up to 8 on a GPU)"
     )
+    parser.add_argument(
+        "--metrics", help=f"what to score: all, or a list of {','.join(EVAL_METRICS)} "
+        f"(default: the paper's {','.join(DEFAULT_EVAL_METRICS)})",
+    )
+    parser.add_argument(
+        "--metric-option", dest="metric_options", action="append", default=[], type=_metric_option,
+        metavar="METRIC.KEY=VALUE", help="a metric option, e.g. road.noise=0.02 (value parsed as JSON)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _method_option(text: str) -> tuple[str, str, object]:
+def _dotted_option(text: str, form: str) -> tuple[str, str, object]:
     key, sep, raw = text.partition("=")
-    method, dot, option = key.partition(".")
-    if not sep or not dot or not method or not option:
-        raise argparse.ArgumentTypeError(f"'{text}': expected METHOD.KEY=VALUE, e.g. rise.n_masks=64")
+    owner, dot, option = key.partition(".")
+    if not sep or not dot or not owner or not option:
+        raise argparse.ArgumentTypeError(f"'{text}': expected {form}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    return method.strip(), option.strip(), value
+    return owner.strip(), option.strip(), value
+
+
+def _method_option(text: str) -> tuple[str, str, object]:
+    return _dotted_option(text, "METHOD.KEY=VALUE, e.g. rise.n_masks=64")
+
+
+def _metric_option(text: str) -> tuple[str, str, object]:
+    return _dotted_option(text, "METRIC.KEY=VALUE, e.g. pointing_game.tolerance=15")
 
 
 def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
@@ -203,11 +221,13 @@ def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         precision=args.precision,
-        method_options=_collect_method_options(args.method_options),
+        method_options=_collect_options(args.method_options),
+        **({} if args.metrics is None else {"metrics": args.metrics}),
+        metric_options=_collect_options(args.metric_options),
     )
 
 
-def _collect_method_options(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]]:
+def _collect_options(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]]:
     options: dict[str, dict[str, object]] = {}
     for method, option, value in items:
         options.setdefault(method, {})[option] = value
@@ -323,7 +343,7 @@ def _sanity(args: argparse.Namespace) -> int:
     _need_root(args)
     settings = SanitySettings(
         n_images=args.n_images, batch_size=args.batch_size, draws=args.draws, seed=args.seed, fail_at=args.fail_at,
-        precision=args.precision, method_options=_collect_method_options(args.method_options),
+        precision=args.precision, method_options=_collect_options(args.method_options),
     )
     result = sanity_run(
         _source(args), args.methods, args.out, settings, device=args.device, force=args.force,

@@ -17,6 +17,16 @@ TARGET_MODES = ("given", "predicted")
 EXPLAIN_TARGETS = ("class", "logit", "prob", "prompt:TEXT", "reference:IMAGE")
 """What `explain --target` explains (`vfmxai.explain`): the predicted class by each method's own score, its logit
 or probability for every method, a CLIP prompt, or the similarity to a reference image."""
+SCORES = ("probability", "logit")
+"""What a perturbation metric reads of the target class: its softmax probability or its logit."""
+EVAL_METRICS = (
+    "miou", "insertion_deletion", "pointing_game", "energy_pg", "aopc", "road", "sparseness", "complexity",
+    "max_sensitivity", "avg_sensitivity", "infidelity", "relevance_mass", "relevance_rank",
+)
+"""The metrics `evaluate --metrics` chooses among, one name per metric (`vfmxai.evaluation.metric_set`)."""
+DEFAULT_EVAL_METRICS = ("miou", "insertion_deletion", "pointing_game", "energy_pg")
+"""The ALA paper's protocol (mIoU with its dataset-level and best-τ variants, insertion/deletion/ID, both
+pointing games): what an evaluation scores unless told otherwise."""
 THRESHOLD_ON = ("normalised", "raw")
 """`normalised` (every method): τ applies to the min-max normalised map. `raw`: τ applies to the map as the
 method returns it (upsampled), for mIoU and dataset mIoU; meant for maps on a fixed [0, 1] scale (ALA's

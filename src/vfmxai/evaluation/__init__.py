@@ -8,12 +8,13 @@
 - `sanity_run(source, methods, out, settings)` / `sanity_check(model, dataset, ...)`: cascading model-parameter
   randomisation (MPRT) and random-logit tests -> sanity.json, sanity.md, sanity.png.
 
-Modules, one job each: `settings` (how an evaluation scores), `runner` (the resumable loop and the
-scores), `sharding` (how batches are split over processes), `launch` (a run folder, scheduled), `store`
-(per-image results on disk), `outputs` (the result files), `report` (numbers and tables), `html_report`
-(report.html's content, drawn by `vfmxai.viz.report_html`), `progress`
-(bars), `aggregate` (over seeds), `reproduce` (the paper's experiment), `randomisation` (the cascade MPRT
-re-initialises a model along), `sanity` (the sanity checks and their files).
+Modules, one job each: `settings` (how an evaluation scores), `metric_set` (the metrics it can score, their
+options and columns), `runner` (the resumable loop), `scoring` (the chosen metrics on one batch), `sharding`
+(how batches are split over processes), `launch` (a run folder, scheduled), `store` (per-image results on
+disk), `outputs` (the result files), `report` (numbers and tables), `html_report` (report.html's content,
+drawn by `vfmxai.viz.report_html`), `progress` (bars), `aggregate` (over seeds), `reproduce` (the paper's
+experiment), `randomisation` (the cascade MPRT re-initialises a model along), `sanity` (the sanity checks
+and their files).
 """
 
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results, write_aggregate

@@ -7,8 +7,9 @@
   over seeds. Over seeds instead, five pairs cannot reach p < 0.05 with the signed-rank test (its
   smallest two-sided p with n = 5 is 2/32 = 0.0625), and pooling image x seed pairs would count one image
   five times as if independent. Averaging over seeds keeps one pair per image and the seed noise out of
-  the pairs. Only the per-image metrics (mIoU, insertion, deletion, ID, pointing game, energy PG) have a
-  test; the dataset-level IoU and the best-tau oracle are one number per run.
+  the pairs. Only the paper's per-image metrics (mIoU, insertion, deletion, ID, pointing game, energy PG)
+  have a test, where they were chosen; the dataset-level IoU and the best-tau oracle are one number per run,
+  and the other `--metrics` get mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import numpy as np
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.report import (
-    METRICS,
     PAIRED_METRICS,
     per_image_scores,
     render_csv,
@@ -70,9 +70,13 @@ def aggregate_results(
 
     methods: dict[str, dict[str, float]] = {}
     for method in names:
-        row: dict[str, float] = {}
-        for metric in METRICS:
-            mean, std = mean_std([r["methods"][method][metric] for r in runs])
+        row: dict[str, float | None] = {}
+        for metric in (k for k in first["methods"][method] if not k.endswith("_std")):
+            values = [r["methods"][method].get(metric) for r in runs]
+            if any(v is None for v in values):  # no image to score in some seed: no mean either
+                row[metric] = row[f"{metric}_std"] = None
+                continue
+            mean, std = mean_std(values)
             row[metric], row[f"{metric}_std"] = rounded(mean), rounded(std)
         methods[method] = row
     accuracy, accuracy_std = mean_std([r["accuracy"] for r in runs])
@@ -83,7 +87,7 @@ def aggregate_results(
         for method in names:
             if method != reference:
                 other = _seed_mean(per_image, method)
-                p_values[method] = {m: paired_test(ref[m], other[m], test) for m in PAIRED_METRICS}
+                p_values[method] = {m: paired_test(ref[m], other[m], test) for m in ref if m in other}
     return {
         "dataset": first["dataset"],
         "split": first["split"],
@@ -106,7 +110,7 @@ def aggregate_results(
 
 def _seed_mean(per_image: Sequence[Mapping[str, Mapping[str, np.ndarray]]], method: str) -> dict[str, np.ndarray]:
     out = {}
-    for metric in PAIRED_METRICS:
+    for metric in (m for m in PAIRED_METRICS if all(m in seed[method] for seed in per_image)):
         rows = [np.asarray(seed[method][metric], dtype=np.float64) for seed in per_image]
         if any(r.shape != rows[0].shape or r.ndim != 1 for r in rows):
             raise VfmxaiError(f"aggregate: per-image '{metric}' of '{method}' has different lengths across seeds")

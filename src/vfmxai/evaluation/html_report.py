@@ -15,14 +15,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vfmxai.evaluation.report import HEADERS, LOWER_IS_BETTER, TABLE_COLUMNS, per_image_scores
+from vfmxai.evaluation.report import HEADERS, LOWER_IS_BETTER, per_image_scores, table_columns
 from vfmxai.evaluation.store import PerImage
 from vfmxai.explainers import display_name
-from vfmxai.viz.report_html import ReportImages, SummaryTable, write_report_html
+from vfmxai.viz.report_html import DETAIL_ONLY, IMAGE_METRICS, ReportImages, SummaryTable, write_report_html
 
 REPORT = "report.html"
 FIGURES = {"grid.png": "Method grid: the first images, each method's map", "curves.png":
            "Insertion and deletion curves, mean over images"}
+SHORT_HEADERS = {
+    "aopc_morf": "AOPC MoRF", "aopc_lerf": "AOPC LeRF", "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF",
+    "sparseness": "Gini", "complexity": "Entropy", "max_sensitivity": "MaxSens", "avg_sensitivity": "AvgSens",
+    "infidelity": "INFD", "relevance_mass": "RMA", "relevance_rank": "RRA",
+}
+"""The per-image table's headers of the metrics beyond the paper's (IMAGE_METRICS, DETAIL_ONLY)."""
 VERSIONED = ("vfmxai", "torch", "transformers", "peft", "lightning", "numpy", "safetensors")
 
 
@@ -37,7 +43,7 @@ def metrics_table(metrics: Mapping[str, Any], title: str, p_metric: str = "miou"
         header = f"p vs {display_name(reference)} ({HEADERS[p_metric][:-2]})"
         p_column = (header, {m: ps[p_metric] for m, ps in p_values.items() if p_metric in ps})
     return SummaryTable(
-        title, rows, [(c, HEADERS[c]) for c in TABLE_COLUMNS],
+        title, rows, [(c, HEADERS[c]) for c in table_columns(rows)],
         labels={m: display_name(m) for m in rows}, lower_is_better=LOWER_IS_BETTER,
         p_values=p_column, note=summary_line(metrics),
     )
@@ -59,21 +65,32 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
 
 def report_images(results: PerImage, names: Sequence[str], class_names: Sequence[str] | None) -> ReportImages:
     """The per-image part of the page from `results`; the target's probability is the deletion curve's first
-    point (the clean image), the same in every method's curve."""
-    curves = {m: (results.methods[m]["insertion_curve"], results.methods[m]["deletion_curve"]) for m in names}
+    point (the clean image), the same in every method's curve (none without insertion/deletion)."""
+    curves = {
+        m: (results.methods[m]["insertion_curve"], results.methods[m]["deletion_curve"])
+        for m in names
+        if "insertion_curve" in results.methods[m]
+    }
     pictures = results.pictures
+    scores = {m: per_image_scores(results.methods[m]) for m in names}
+    present = set(next(iter(scores.values()), {}))
+    table = [(k, h) for k, h in IMAGE_METRICS if k in present]
+    table += [(k, h) for k, h in SHORT_HEADERS.items() if k in present]
     return ReportImages(
         ids=results.ids,
         labels=results.labels,
         predicted=results.predicted,
-        scores={m: per_image_scores(results.methods[m]) for m in names},
+        scores=scores,
         curves=curves,
         class_names=list(class_names) if class_names else None,
         mask_share=pictures["mask_share"].numpy() if "mask_share" in pictures else None,
-        target_prob=curves[names[0]][1][:, 0] if names else None,
+        target_prob=curves[names[0]][1][:, 0] if names and names[0] in curves else None,
         images=pictures.get("thumbnail"),
         masks=pictures.get("mask_thumbnail"),
         maps={m: results.map_thumbnails[m] for m in names if m in results.map_thumbnails},
+        metrics=table,
+        detail_metrics=[(k, h) for k, h in DETAIL_ONLY if k in present],
+        lower=sorted(k for k in LOWER_IS_BETTER if k in present),
     )
 
 

@@ -86,40 +86,46 @@ def write_outputs(
     atomic_write_text(out / "metrics.csv", render_csv(metrics["methods"]))
     atomic_write_text(out / "table.md", render_markdown(metrics))
     atomic_write_text(out / "per_image.csv", per_image_csv(results, names))
-    if names and (figures or not ((out / "curves.png").is_file() and (out / "grid.png").is_file())):
+    drawn = ("curves.png", "grid.png") if _with_curves(results, names) else ("grid.png",)
+    if names and (figures or not all((out / name).is_file() for name in drawn)):
         _draw_figures(out, results, dataset, names)
     write_evaluation_report(out, metrics, results, names, getattr(dataset, "class_names", None))
 
 
+def _with_curves(results: PerImage, names: Sequence[str]) -> bool:
+    """Whether insertion/deletion was scored (curves.png draws its curves)."""
+    return all("insertion_curve" in results.methods[m] for m in names)
+
+
 def _draw_figures(out: Path, results: PerImage, dataset: Dataset, names: Sequence[str]) -> None:
-    curves = {
-        m: (results.methods[m]["insertion_curve"].mean(axis=0), results.methods[m]["deletion_curve"].mean(axis=0))
-        for m in names
-    }
-    save_insdel_curves(curves, out / "curves.png", labels={m: display_name(m) for m in names})
+    if _with_curves(results, names):
+        curves = {
+            m: (results.methods[m]["insertion_curve"].mean(axis=0), results.methods[m]["deletion_curve"].mean(axis=0))
+            for m in names
+        }
+        save_insdel_curves(curves, out / "curves.png", labels={m: display_name(m) for m in names})
     n_grid = min((len(v) for v in results.grid_maps.values()), default=0)
     if n_grid:
         images = torch.stack([dataset[i]["image"] for i in range(n_grid)])
         save_grid(images, [(display_name(m), results.grid_maps[m][:n_grid]) for m in names], out / "grid.png")
 
 
-PER_IMAGE_COLUMNS = {
-    "miou": "miou", "insertion": "insertion", "deletion": "deletion", "id": "id_score",
-    "pointing_game": "pointing_game", "energy_pg": "energy_pg",
-}
-"""per_image.csv's score columns: {score: column}; the ID score is `id_score` there, since `image_id` names the
-image (one `id` column for both would let `csv.DictReader` return the score for the image)."""
+PER_IMAGE_RENAMED = {"id": "id_score"}
+"""per_image.csv names the ID score `id_score`, since `image_id` names the image (one `id` column for both would
+let `csv.DictReader` return the score for the image); every other score column is named as in metrics.json."""
 
 
 def per_image_csv(results: PerImage, names: Sequence[str]) -> str:
+    """One row per image and method: its id, label and prediction, and every per-image score of the chosen
+    metrics (`report.per_image_scores`; the dataset-level mIoU and best-τ mIoU have none)."""
+    scores = {m: per_image_scores(results.methods[m]) for m in names}
+    metrics = list(next(iter(scores.values()))) if scores else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    metrics = tuple(PER_IMAGE_COLUMNS)
-    writer.writerow(["image_id", "label", "predicted", "method", *PER_IMAGE_COLUMNS.values()])
+    writer.writerow(["image_id", "label", "predicted", "method", *(PER_IMAGE_RENAMED.get(m, m) for m in metrics)])
     for method in names:
-        scores = per_image_scores(results.methods[method])
         for i, image_id in enumerate(results.ids):
-            row = [repr(rounded(scores[m][i])) for m in metrics]
+            row = [repr(rounded(scores[method][m][i])) for m in metrics]
             writer.writerow([image_id, int(results.labels[i]), int(results.predicted[i]), method, *row])
     return buffer.getvalue()
 

@@ -35,7 +35,14 @@ from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.aggregate import aggregate, aggregate_results
 from vfmxai.evaluation.html_report import REPORT, method_order, metrics_table, report_images, title_of, versions
 from vfmxai.evaluation.launch import evaluate_run
-from vfmxai.evaluation.report import HEADERS, LOWER_IS_BETTER, per_image_scores, render_table
+from vfmxai.evaluation.report import (
+    HEADERS,
+    LOWER_IS_BETTER,
+    TABLE_COLUMNS,
+    per_image_scores,
+    render_table,
+    table_columns,
+)
 from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.store import load_per_image
 from vfmxai.explainers import display_name
@@ -154,7 +161,11 @@ def ablation_table(variant_dirs: Mapping[str, Sequence[Path]], seeds: Sequence[i
 
 
 ABLATION_COLUMNS = ("miou", "insertion", "deletion", "id")
-"""Table 4's metric columns, as the paper's."""
+"""Table 4's metric columns, as the paper's (those that were chosen), then any non-paper metric chosen."""
+
+
+def _ablation_columns(rows: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    return tuple(c for c in table_columns(rows) if c in ABLATION_COLUMNS or c not in TABLE_COLUMNS)
 
 
 def _ablation_marks() -> list[tuple[str, dict[str, str]]]:
@@ -168,7 +179,7 @@ def _ablation_marks() -> list[tuple[str, dict[str, str]]]:
 def render_ablation_markdown(table: Mapping[str, Any]) -> str:
     names = {name: ablation.label for name, ablation in ABLATIONS.items()}
     body = render_table(
-        table["methods"], ABLATION_COLUMNS, table["p_values"] or None,
+        table["methods"], _ablation_columns(table["methods"]), table["p_values"] or None,
         reference="full", leading=_ablation_marks(), names=names, first_header="Model",
     )
     seeds = len(table["seeds"])
@@ -230,7 +241,7 @@ def _ablation_summary(table: Mapping[str, Any]) -> SummaryTable:
     rows = {name: table["methods"][name] for name in ABLATIONS if name in table["methods"]}  # on disk: sorted
     return SummaryTable(
         f"Ablations (paper Table 4 layout), mean ± std over {len(table['seeds'])} seed(s)", rows,
-        [(c, HEADERS[c]) for c in ABLATION_COLUMNS], labels={n: a.label for n, a in ABLATIONS.items()},
+        [(c, HEADERS[c]) for c in _ablation_columns(rows)], labels={n: a.label for n, a in ABLATIONS.items()},
         lower_is_better=LOWER_IS_BETTER, leading=_ablation_marks(),
         p_values=("p vs (iv) (mIoU)", p_values) if p_values else None,
         note="(i) no lattice; (ii) no LoRA: backbone frozen; (iii) no AEA; (iv) full. p: Wilcoxon signed-rank "

@@ -3,9 +3,10 @@
 Per batch of images (decoded and resized once, whatever the number of methods):
   1. the model's prediction on the clean images (for the accuracy; stored once, not per method), with the
      mask's share of the image and 64 px image and mask thumbnails for report.html;
-  2. per method: maps = explainer(images, targets), then per image IoU at tau, the IoU counts and the
-     IoU curve over tau, pointing game, energy pointing game, insertion and deletion (curves and areas), and
-     a 32 px thumbnail of the map.
+  2. per method: maps = explainer(images, targets), then every chosen metric per image (`settings.metrics`,
+     `evaluation.scoring`; by default the paper's: IoU at tau, the IoU counts and the IoU curve over tau,
+     pointing game, energy pointing game, insertion and deletion (curves and areas)), and a 32 px thumbnail
+     of the map.
 Targets: with `target_mode="given"` (the default, as the paper) the ground-truth class is both explained
 and scored in insertion/deletion; with "predicted" the model's prediction is, for both. Explaining the
 class the perturbation metrics score keeps the two consistent.
@@ -39,8 +40,10 @@ from vfmxai.classifier import Classifier
 from vfmxai.data import collate, loader_workers
 from vfmxai.data.base import dataset_fingerprint
 from vfmxai.errors import VfmxaiError
+from vfmxai.evaluation.metric_set import resolved_options
 from vfmxai.evaluation.outputs import metrics_json, write_outputs
 from vfmxai.evaluation.progress import Progress
+from vfmxai.evaluation.scoring import BatchMaps, Scoring, score_metrics
 from vfmxai.evaluation.settings import EvaluationSettings, jsonable
 from vfmxai.evaluation.sharding import Shard
 from vfmxai.evaluation.store import (
@@ -56,17 +59,9 @@ from vfmxai.evaluation.store import (
 )
 from vfmxai.io import check_out_folder
 from vfmxai.maps import normalize_maps
-from vfmxai.metrics import (
-    default_thresholds,
-    energy_pointing_game,
-    insertion_deletion,
-    iou_counts,
-    iou_curve,
-    mean_iou,
-    pointing_game,
-)
+from vfmxai.metrics import default_thresholds
 from vfmxai.runtime import autocast, resolve_precision
-from vfmxai.vocabulary import METHODS
+from vfmxai.vocabulary import DEFAULT_EVAL_METRICS, METHODS
 
 
 def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[list[str], dict[str, str]]:
@@ -144,7 +139,8 @@ def evaluate(
     recorded = _recorded_settings(settings, dataset, dataset_name, split, device, config)
     store = ResultStore(out / PER_IMAGE_DIR)
     store.check_manifest(
-        recorded, model_fingerprint(model), dataset_fingerprint(dataset), {m: settings.options_for(m) for m in names}
+        recorded, model_fingerprint(model), dataset_fingerprint(dataset), {m: settings.options_for(m) for m in names},
+        before_metrics=LEGACY_METRICS,
     )
 
     starts = batch_starts(n_images, settings.batch_size)
@@ -219,8 +215,17 @@ def _recorded_settings(
         "perturb_batch_size": settings.perturb_batch_size,
         "n_grid": settings.n_grid,
         "precision": resolve_precision(settings.precision, device),
+        "metrics": list(settings.metrics),
+        "metric_options": settings.resolved_metric_options(),
         "run_config": config,
     }
+
+
+LEGACY_METRICS = {
+    "metrics": list(DEFAULT_EVAL_METRICS),
+    "metric_options": resolved_options(DEFAULT_EVAL_METRICS, {}, {}),
+}
+"""What a manifest written before `--metrics` existed was scored with: the paper's set, default options."""
 
 
 def _load_records(store: ResultStore, records: dict[str, dict[int, BatchRecord]], starts: Sequence[int]) -> None:
@@ -294,37 +299,26 @@ def _score_batch(
     except TypeError as err:
         raise VfmxaiError(f"method_options for '{method}': {err}") from None
     raw_threshold = settings.threshold_on == "raw"
-    with explainer:
+    with explainer:  # open while the metrics run: the sensitivities explain perturbed images
         resized = explainer(images, targets, normalize=False).detach()
-    _sync(device)
-    explained = time.perf_counter()
-    if raw_threshold and not bool(((resized >= 0) & (resized <= 1)).all()):
-        raise VfmxaiError(
-            f"--threshold-on raw: method '{method}' returns maps outside [0, 1] "
-            f"({float(resized.min()):.3g}..{float(resized.max()):.3g}); raw thresholds suit maps on a fixed [0, 1] "
-            "scale such as ala's"
+        _sync(device)
+        explained = time.perf_counter()
+        if raw_threshold and not bool(((resized >= 0) & (resized <= 1)).all()):
+            raise VfmxaiError(
+                f"--threshold-on raw: method '{method}' returns maps outside [0, 1] "
+                f"({float(resized.min()):.3g}..{float(resized.max()):.3g}); raw thresholds suit maps on a fixed "
+                "[0, 1] scale such as ala's"
+            )
+        maps = normalize_maps(resized)
+        batch = BatchMaps(
+            model, images, masks, targets, resized, maps, resized if raw_threshold else maps,
+            lambda x, t: explainer(x, t).detach(),
         )
-    maps = normalize_maps(resized)
-    thresholded = resized if raw_threshold else maps
-    inter, union = iou_counts(thresholded, masks, settings.threshold, not raw_threshold)
-    model_mean = settings.substrate == "model-mean"
-    insdel = insertion_deletion(
-        model, images, maps, targets, steps=settings.steps, substrate="mean" if model_mean else settings.substrate,
-        substrate_value=model.backbone.mean.flatten() if model_mean else None,
-        batch_size=settings.perturb_batch_size, tie_seed=settings.tie_seed,
-    )
-    tensors = {
-        "iou": mean_iou(thresholded, masks, settings.threshold, not raw_threshold),
-        "intersection": inter,
-        "union": union,
-        "iou_curve": iou_curve(maps, masks),
-        "pointing_game": pointing_game(maps, masks),
-        "energy_pg": energy_pointing_game(maps, masks),
-        "insertion": insdel.insertion,
-        "deletion": insdel.deletion,
-        "insertion_curve": insdel.insertion_curve,
-        "deletion_curve": insdel.deletion_curve,
-    }
+        scoring = Scoring(
+            settings.threshold, not raw_threshold, settings.steps, settings.substrate, settings.tie_seed,
+            settings.batch_size, settings.perturb_batch_size, settings.resolved_metric_options(),
+        )
+        tensors = score_metrics(settings.metrics, batch, scoring)
     tensors = {k: v.cpu() if v.dtype == torch.int64 else v.float().cpu() for k, v in tensors.items()}
     tensors["thumbnail"] = _thumbnail(maps[:, None].float(), MAP_THUMBNAIL)[:, 0]
     in_grid = max(0, min(settings.n_grid - start, len(ids)))

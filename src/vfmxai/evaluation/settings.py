@@ -7,13 +7,14 @@ or a file is written, and the same object travels unchanged to every worker proc
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from vfmxai import explainers
 from vfmxai.errors import VfmxaiError
-from vfmxai.vocabulary import EVAL_SUBSTRATES, METHODS, TARGET_MODES, THRESHOLD_ON
+from vfmxai.evaluation.metric_set import check_metric_options, parse_metrics, resolved_options
+from vfmxai.vocabulary import DEFAULT_EVAL_METRICS, EVAL_SUBSTRATES, METHODS, TARGET_MODES, THRESHOLD_ON
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,11 @@ class EvaluationSettings:
     `perturb_batch_size`: perturbed images per model call in insertion/deletion; `n_grid`: images drawn in
     grid.png; `num_workers`: data-loading processes (None: 0 on a CPU, up to 8 on a GPU); `precision`:
     `vfmxai.runtime.autocast`; `tie_seed`: seed of the pixel permutation that orders equal map values in
-    insertion/deletion; `method_options`: {method: {option: value}} for the explainers (JSON-serialisable).
-    Everything but `num_workers` is recorded in metrics.json and keys the stored results.
+    insertion/deletion, AOPC, ROAD and relevance rank; `method_options`: {method: {option: value}} for the
+    explainers (JSON-serialisable); `metrics`: what is scored ("all", "m1,m2" or names of
+    `vocabulary.EVAL_METRICS`; default the paper's set); `metric_options`: {metric: {option: value}}
+    (`evaluation.metric_set.OPTIONS`). Everything but `num_workers` is recorded in metrics.json and keys the
+    stored results.
     """
 
     steps: int = 100
@@ -41,6 +45,8 @@ class EvaluationSettings:
     precision: str = "auto"
     tie_seed: int = 0
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    metrics: str | Sequence[str] = DEFAULT_EVAL_METRICS
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _positive_int(self.steps):
@@ -64,6 +70,14 @@ class EvaluationSettings:
         if not isinstance(self.tie_seed, int):
             raise VfmxaiError(f"tie_seed must be an integer, got {self.tie_seed!r}")
         object.__setattr__(self, "method_options", checked_method_options(self.method_options))
+        metrics = parse_metrics(self.metrics)
+        object.__setattr__(self, "metrics", metrics)
+        metric_options = jsonable(check_metric_options(metrics, self.metric_options), "metric_options")
+        object.__setattr__(self, "metric_options", metric_options)
+
+    def resolved_metric_options(self) -> dict[str, dict[str, Any]]:
+        """{metric: every option's value} of the chosen metrics that have options (`metric_set.resolved_options`)."""
+        return resolved_options(self.metrics, self.metric_options, {"steps": self.steps, "substrate": self.substrate})
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The options given for `method` ({} for none)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,11 +97,17 @@ class ResultStore:
         return self.root / method / f"b{start:08d}.safetensors"
 
     def check_manifest(
-        self, settings: dict[str, Any], model: str, data: str, options: dict[str, dict[str, Any]]
+        self,
+        settings: dict[str, Any],
+        model: str,
+        data: str,
+        options: dict[str, dict[str, Any]],
+        before_metrics: Mapping[str, Any] | None = None,
     ) -> None:
         """Refuse to mix results made under other settings, by another model, on other data (`data`:
         `vfmxai.data.dataset_fingerprint`) or with other method options; then record this run's (the union of
-        methods over runs)."""
+        methods over runs). `before_metrics`: what a settings key absent from an older manifest stood for (the
+        metrics scored before they could be chosen)."""
         path = self.root / MANIFEST
         old: dict[str, Any] = {"settings": settings, "model": model, "data": data, "methods": {}}
         if path.is_file():
@@ -110,8 +117,9 @@ class ResultStore:
                 raise VfmxaiError(f"{path}: not valid JSON ({err.msg}); delete {self.root} to start over") from None
         where = f"{self.root.parent}: holds per-image results made"
         fix = f"choose another --out or delete {self.root}"
+        stored = {**(before_metrics or {}), **old.get("settings", {})}
         for key in sorted(set(settings) | set(old.get("settings", {}))):
-            before, now = old.get("settings", {}).get(key), settings.get(key)
+            before, now = stored.get(key), settings.get(key)
             if before != now:
                 raise VfmxaiError(f"{where} with {key}={json.dumps(before)}, not {json.dumps(now)}; {fix}")
         if old.get("model") != model:

@@ -1,4 +1,5 @@
-"""Localisation metrics: a map against a binary object mask (mIoU and the pointing games of the ALA paper).
+"""Localisation metrics: a map against a binary object mask (mIoU and the pointing games of the ALA paper,
+TorchRay's pointing-game tolerance, and Arras et al.'s relevance mass and rank accuracy).
 
 Common preprocessing, the same for every method: the map (B, h, w) is resized bilinearly to the mask's
 size (B, H, W) and min-max normalised per image with `vfmxai.maps` (a constant map becomes all zeros).
@@ -16,13 +17,16 @@ Choices the paper leaves open (also in docs/design-notes.md, Metrics):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.maps import normalize_maps, resize_maps
+from vfmxai.metrics.perturbation import pixel_ranks
 
 
 def default_thresholds(device: torch.device | str | None = None) -> Tensor:
@@ -109,16 +113,30 @@ def best_tau_iou(curves: Tensor, thresholds: Tensor | Sequence[float] | None = N
     return float(means[best]), float(taus[best])
 
 
-def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
-    """Per-image hit (B,) float: 1.0 if the map's maximum (after resizing) lies inside the mask.
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0) -> Tensor:
+    """Per-image hit (B,) float: 1.0 if the map's maximum (after resizing) lies inside the mask, or, with
+    `tolerance` t > 0 (pixels of the mask), if some object pixel lies at Euclidean distance < t from it
+    (TorchRay's acceptance disc, `dy^2 + dx^2 < t^2`; TorchRay's benchmark uses t = 15).
 
     Ties: the first maximum in raster order counts (deterministic). Counting a hit when ANY maximal pixel
     is inside would give a flat (uninformative) map a hit on every image with an object; with the raster
     rule a constant map scores by its top-left pixel, usually background.
     """
+    if not float(tolerance) >= 0:
+        raise VfmxaiError(f"pointing game: tolerance must be a number >= 0 (pixels), got {tolerance}")
     maps, masks = prepare(maps, masks, normalize=False)
-    peak = maps.flatten(1).argmax(dim=1, keepdim=True)
-    return masks.flatten(1).gather(1, peak).squeeze(1).float()
+    height, width = masks.shape[-2:]
+    peak = maps.flatten(1).argmax(dim=1)
+    reach = math.ceil(tolerance)
+    steps = torch.arange(-reach, reach + 1, device=masks.device)
+    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+    inside = (dy**2 + dx**2 < tolerance**2) | ((dy == 0) & (dx == 0))
+    dy, dx = dy[inside], dx[inside]
+    rows = (peak // width).unsqueeze(1) + dy + reach
+    cols = (peak % width).unsqueeze(1) + dx + reach
+    padded = F.pad(masks, (reach, reach, reach, reach))
+    hits = padded[torch.arange(len(peak), device=masks.device).unsqueeze(1), rows, cols]
+    return hits.any(dim=1).float()
 
 
 def energy_pointing_game(maps: Tensor, masks: Tensor, normalize: bool = True) -> Tensor:
@@ -129,6 +147,32 @@ def energy_pointing_game(maps: Tensor, masks: Tensor, normalize: bool = True) ->
     maps, masks = prepare(maps, masks, normalize)
     if not normalize and (maps < 0).any():
         raise VfmxaiError("energy pointing game with normalize=False needs non-negative maps")
+    return _mass_inside(maps, masks)
+
+
+def relevance_mass(maps: Tensor, masks: Tensor) -> Tensor:
+    """Relevance mass accuracy (B,) (Arras et al., Information Fusion 2022, CLEVR-XAI): R_within / R_total,
+    the share of the map's positive relevance inside the mask, the map resized to the mask and NOT min-max
+    normalised (its own zero; negative relevance is left out). On a min-max normalised map this would be
+    the energy pointing game. No positive relevance scores 0."""
+    maps, masks = prepare(maps, masks, normalize=False)
+    return _mass_inside(maps.clamp_min(0), masks)
+
+
+def relevance_rank(maps: Tensor, masks: Tensor, tie_seed: int = 0) -> Tensor:
+    """Relevance rank accuracy (B,) (Arras et al. 2022): with K = the mask's pixel count, the share of the
+    map's top-K pixels (after resizing; ties by the seeded permutation of `pixel_ranks`) that lie inside
+    the mask. An empty mask scores 0 (the evaluation leaves such images out)."""
+    maps, masks = prepare(maps, masks, normalize=False)
+    flat = masks.flatten(1)
+    size = flat.sum(1, keepdim=True)
+    top = pixel_ranks(maps, tie_seed) < size
+    hits = (top & flat).sum(1)
+    return torch.where(size.squeeze(1) > 0, hits / size.squeeze(1).clamp_min(1), 0.0).float()
+
+
+def _mass_inside(maps: Tensor, masks: Tensor) -> Tensor:
+    """sum(map * mask) / sum(map) per image (B,), 0 where the map has no mass."""
     flat = maps.flatten(1)
     total = flat.sum(1)
     inside = (flat * masks.flatten(1)).sum(1)

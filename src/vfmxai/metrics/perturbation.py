@@ -12,7 +12,8 @@ the trapezoid area with the x-axis k / steps in [0, 1]. The map is only resized 
 min-max normalisation is monotone and would change no rank.
 
 Every perturbed image is made on the images' device from the rank map and run through the model in
-chunks of `batch_size`; the Python loop is over chunks only.
+chunks of `batch_size`; the Python loop is over chunks only. The mechanics here (ranks, step counts,
+substrates, chunked perturbed passes) also serve AOPC and ROAD (`metrics.faithfulness`, `metrics.road`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from vfmxai.errors import VfmxaiError
 from vfmxai.maps import resize_maps
-from vfmxai.vocabulary import SUBSTRATES, TARGET_MODES
+from vfmxai.vocabulary import SCORES, SUBSTRATES, TARGET_MODES
 
 
 @dataclass(frozen=True)
@@ -145,27 +146,24 @@ def insertion_deletion(
     any function. `target_mode`: "given" scores `targets` (the ground truth, as the paper), "predicted"
     the classifier's argmax on the clean image. Model calls: B (predicted mode) + 2 * B * (steps + 1).
     """
-    images, maps = _check_inputs(images, maps, steps, batch_size, target_mode)
+    name = "insertion/deletion"
+    images, maps = check_inputs(name, images, maps, steps, batch_size, target_mode)
     n_img, _, height, width = images.shape
-    device = images.device
-    with _eval_mode(classifier), torch.no_grad():
-        if target_mode == "predicted":
-            targets = torch.cat([classifier(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
-        elif targets is None:
-            raise VfmxaiError("insertion/deletion: targets are required with target_mode 'given'")
-        targets = torch.as_tensor(targets, device=device).long().flatten()
-        if targets.numel() != n_img:
-            raise VfmxaiError(f"insertion/deletion: {targets.numel()} targets for {n_img} images")
+    with eval_mode(classifier), torch.no_grad():
+        targets = resolve_targets(name, classifier, images, targets, target_mode, batch_size)
         base = make_substrate(images, substrate, substrate_value, blur_sigma)
         ranks = pixel_ranks(resize_maps(maps, (height, width)), tie_seed)
-        counts = step_counts(height * width, steps, device)
-        probs = _perturbed_probs(classifier, images, base, ranks, counts, targets, batch_size)
-    ins_curve, del_curve = probs.view(2, n_img, steps + 1).unbind(0)
+        counts = step_counts(height * width, steps, images.device)
+        removes = torch.tensor([False, True], device=images.device)
+        scores = perturbed_scores(
+            name, classifier, images, base, ranks.expand(2, -1, -1), removes, counts, targets, batch_size
+        )
+    ins_curve, del_curve = scores.unbind(0)
     return InsDelResult(auc(ins_curve), auc(del_curve), ins_curve, del_curve, targets)
 
 
 @contextmanager
-def _eval_mode(classifier: Callable[[Tensor], Tensor]) -> Iterator[None]:
+def eval_mode(classifier: Callable[[Tensor], Tensor]) -> Iterator[None]:
     """An nn.Module runs in eval mode (no dropout noise in the curves); every submodule's mode is restored."""
     modes = [(m, m.training) for m in classifier.modules()] if isinstance(classifier, nn.Module) else []
     if modes:
@@ -177,67 +175,110 @@ def _eval_mode(classifier: Callable[[Tensor], Tensor]) -> Iterator[None]:
             module.train(training)
 
 
-def _perturbed_probs(
+def resolve_targets(
+    name: str,
+    classifier: Callable[[Tensor], Tensor],
+    images: Tensor,
+    targets: Tensor | Sequence[int] | None,
+    target_mode: str,
+    batch_size: int,
+) -> Tensor:
+    """The scored classes (B,) int64: `targets` ("given") or the classifier's argmax on the clean images."""
+    if target_mode == "predicted":
+        with torch.no_grad():
+            targets = torch.cat([classifier(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
+    elif targets is None:
+        raise VfmxaiError(f"{name}: targets are required with target_mode 'given'")
+    targets = torch.as_tensor(targets, device=images.device).long().flatten()
+    if targets.numel() != images.shape[0]:
+        raise VfmxaiError(f"{name}: {targets.numel()} targets for {images.shape[0]} images")
+    return targets
+
+
+def target_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
+    """Each row's target score (N,) in float32: its softmax probability or its logit (`vocabulary.SCORES`)."""
+    logits = logits.float()
+    values = logits.softmax(dim=1) if score == "probability" else logits
+    return values.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def perturbed_scores(
+    name: str,
     classifier: Callable[[Tensor], Tensor],
     images: Tensor,
     base: Tensor,
     ranks: Tensor,
+    removes: Tensor,
     counts: Tensor,
     targets: Tensor,
     batch_size: int,
+    score: str = "probability",
 ) -> Tensor:
-    """Target probabilities of all 2 * B * (steps + 1) perturbed images, ordered (mode, image, step).
+    """Target scores (R, B, K) of the images perturbed along R rankings (R, B, H*W) at K pixel counts.
 
-    Job j decodes to mode (0 insertion, 1 deletion), image b and step k; its image takes x where
-    (rank < n_k) XOR deletion, the substrate elsewhere. Only one chunk of images exists at a time.
+    Job j decodes to ranking r, image b and step k; its image takes the substrate on the pixels of rank
+    < n_k when `removes[r]` (deletion, MoRF / LeRF), x on them otherwise (insertion), the other one on
+    the rest. Only one chunk of `batch_size` perturbed images exists at a time.
     """
-    n_img, channels, height, width = images.shape
-    per_mode = n_img * counts.numel()
-    out = torch.empty(2 * per_mode, device=images.device)
+    n_rank, n_img = ranks.shape[:2]
+    _, channels, height, width = images.shape
+    per_image = counts.numel()
+    total = n_rank * n_img * per_image
+    out = torch.empty(total, device=images.device)
     checked = False
-    for start in range(0, 2 * per_mode, batch_size):
-        jobs = torch.arange(start, min(start + batch_size, 2 * per_mode), device=images.device)
-        deletion = jobs >= per_mode
-        image = (jobs % per_mode) // counts.numel()
-        step = jobs % counts.numel()
-        take_x = (ranks[image] < counts[step].unsqueeze(1)) ^ deletion.unsqueeze(1)
+    for start in range(0, total, batch_size):
+        jobs = torch.arange(start, min(start + batch_size, total), device=images.device)
+        ranking, image, step = jobs // (n_img * per_image), (jobs // per_image) % n_img, jobs % per_image
+        take_x = (ranks[ranking, image] < counts[step].unsqueeze(1)) ^ removes[ranking].unsqueeze(1)
         batch = torch.where(take_x.view(-1, 1, height, width), images[image], base[image])
-        logits = classifier(batch).float()
-        _check_logits(logits, len(jobs), targets, check_targets=not checked)
+        logits = classifier(batch)
+        check_logits(name, logits, len(jobs), targets, check_targets=not checked)
         checked = True
-        out[start : start + len(jobs)] = logits.softmax(dim=1).gather(1, targets[image].unsqueeze(1)).squeeze(1)
-    return out
+        out[start : start + len(jobs)] = target_scores(logits, targets[image], score)
+    return out.view(n_rank, n_img, per_image)
 
 
-def _check_inputs(images: Tensor, maps: Tensor, steps: int, batch_size: int, target_mode: str) -> tuple[Tensor, Tensor]:
+def check_inputs(
+    name: str, images: Tensor, maps: Tensor, steps: int, batch_size: int, target_mode: str
+) -> tuple[Tensor, Tensor]:
+    """(images as float, maps as float on the images' device), or a one-line VfmxaiError naming `name`."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise VfmxaiError(f"insertion/deletion: images must be a non-empty (B, 3, H, W) tensor, got {_shape(images)}")
+        raise VfmxaiError(f"{name}: images must be a non-empty (B, 3, H, W) tensor, got {_shape(images)}")
     if not isinstance(maps, Tensor) or maps.dim() != 3 or maps.shape[0] != images.shape[0]:
-        raise VfmxaiError(
-            f"insertion/deletion: maps must be (B, h, w) with B = {images.shape[0]} as the images, got {_shape(maps)}"
-        )
-    if not isinstance(steps, int) or steps < 1:
-        raise VfmxaiError(f"insertion/deletion: steps must be a positive integer, got {steps}")
+        n_img = images.shape[0]
+        raise VfmxaiError(f"{name}: maps must be (B, h, w) with B = {n_img} as the images, got {_shape(maps)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise VfmxaiError(f"{name}: steps must be a positive integer, got {steps}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise VfmxaiError(f"insertion/deletion: batch_size must be a positive integer, got {batch_size}")
+        raise VfmxaiError(f"{name}: batch_size must be a positive integer, got {batch_size}")
     if target_mode not in TARGET_MODES:
         modes = ", ".join(TARGET_MODES)
-        raise VfmxaiError(f"insertion/deletion: target_mode must be one of {modes}, got '{target_mode}'")
+        raise VfmxaiError(f"{name}: target_mode must be one of {modes}, got '{target_mode}'")
     maps = maps.to(images.device).float()
     if not torch.isfinite(maps).all():
-        raise VfmxaiError("insertion/deletion: maps contain NaN or infinite values")
+        raise VfmxaiError(f"{name}: maps contain NaN or infinite values")
     return images.float(), maps
 
 
-def _check_logits(logits: Tensor, n: int, targets: Tensor, check_targets: bool) -> None:
+def check_score(name: str, score: str) -> None:
+    if score not in SCORES:
+        raise VfmxaiError(f"{name}: score must be one of {', '.join(SCORES)}, got '{score}'")
+
+
+def check_samples(name: str, n_samples: int) -> None:
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise VfmxaiError(f"{name}: n_samples must be a positive integer, got {n_samples}")
+
+
+def check_logits(name: str, logits: Tensor, n: int, targets: Tensor, check_targets: bool) -> None:
     if logits.dim() != 2 or logits.shape[0] != n:
-        raise VfmxaiError(f"insertion/deletion: the classifier must return logits (N, C), got {_shape(logits)}")
+        raise VfmxaiError(f"{name}: the classifier must return logits (N, C), got {_shape(logits)}")
     if not torch.isfinite(logits).all():
-        raise VfmxaiError("insertion/deletion: the classifier returned NaN or infinite logits on a perturbed image")
+        raise VfmxaiError(f"{name}: the classifier returned NaN or infinite logits on a perturbed image")
     n_classes = logits.shape[1]
     if check_targets and (targets.min() < 0 or targets.max() >= n_classes):
         got = targets.tolist()
-        raise VfmxaiError(f"insertion/deletion: targets must be class indices in [0, {n_classes}), got {got}")
+        raise VfmxaiError(f"{name}: targets must be class indices in [0, {n_classes}), got {got}")
 
 
 def _shape(x: object) -> object:

@@ -49,7 +49,8 @@ EMBED_LIMIT = 16 * 2**20
 ASSETS = "report"
 """Where the sprites go, beside the page, when they total more than EMBED_LIMIT bytes."""
 IMAGE_METRICS = (("miou", "IoU"), ("insertion", "Ins"), ("deletion", "Del"), ("id", "ID"))
-"""The per-image table's metric columns per method ({metric: short header}); the detail view adds DETAIL_ONLY."""
+"""The per-image table's default metric columns per method ((metric, short header)); the detail view adds
+DETAIL_ONLY. `ReportImages.metrics` sets others."""
 DETAIL_ONLY = (("pointing_game", "PG"), ("energy_pg", "EPG"))
 
 
@@ -91,6 +92,11 @@ class ReportImages:
     """(N, t, t) uint8, object > 127."""
     maps: Mapping[str, torch.Tensor] = field(default_factory=dict)
     """{method: (N, s, s) uint8}."""
+    metrics: Sequence[tuple[str, str]] = IMAGE_METRICS
+    """The per-image table's metric columns (metric, short header); the detail view adds `detail_metrics`."""
+    detail_metrics: Sequence[tuple[str, str]] = DETAIL_ONLY
+    lower: Sequence[str] = ("deletion",)
+    """The metrics where lower is better (the "worse than" filter)."""
 
 
 def write_report_html(
@@ -149,7 +155,7 @@ def read_report_data(page: str) -> dict[str, Any]:
 
 def _image_data(images: ReportImages, labels: Mapping[str, str]) -> dict[str, Any]:
     methods = list(images.scores)
-    metrics = [*IMAGE_METRICS, *DETAIL_ONLY]
+    metrics = [*images.metrics, *images.detail_metrics]
     curves = {}
     for method, (insertion, deletion) in images.curves.items():
         curves[method] = {"points": int(insertion.shape[1]), "insertion": _quantised(insertion),
@@ -162,9 +168,9 @@ def _image_data(images: ReportImages, labels: Mapping[str, str]) -> dict[str, An
         "mask_share": _numbers(images.mask_share),
         "target_prob": _numbers(images.target_prob),
         "methods": methods,
-        "metrics": [[k, h] for k, h in IMAGE_METRICS],
+        "metrics": [[k, h] for k, h in images.metrics],
         "detail_metrics": [[k, h] for k, h in metrics],
-        "lower": ["deletion"],
+        "lower": list(images.lower),
         "reference": "ala" if "ala" in methods else None,
         "scores": {m: {k: _numbers(images.scores[m][k]) for k, _ in metrics if k in images.scores[m]} for m in methods},
         "curves": curves,
