@@ -325,6 +325,19 @@ def test_evaluate_all_runs_the_new_methods_and_says_why_tis_cannot_explain_an_al
     assert missing == {"tis": f"inapplicable: {explainers.inapplicable('tis', model)}"}
 
 
+def test_the_commands_default_is_the_papers_ten_and_all_adds_the_new_methods():
+    """evaluate, reproduce and sanity default to `paper` (Table 2's ten, what the paper reproduces), so the
+    newer methods' costly defaults run only when asked for with `all` or by name."""
+    from vfmxai.cli import _parser
+
+    assert resolve_methods("paper", tiny_probe())[0] == [m for m in METHODS if m != "ala"]
+    for command in (["evaluate"], ["reproduce"], ["sanity"]):
+        args = _parser().parse_args([*command, "--dataset", "synthetic", "--out", "o", "--checkpoint", "r"]
+                                    if command != ["reproduce"] else [*command, "--preset", "toy", "--dataset",
+                                                                      "synthetic", "--seeds", "1", "--out", "o"])
+        assert args.methods == "paper", command
+
+
 def _unit(x: Tensor, dims) -> Tensor:
     return (x - x.amin(dims, keepdim=True)) / (x.amax(dims, keepdim=True) - x.amin(dims, keepdim=True))
 

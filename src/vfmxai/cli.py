@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--root", type=Path)
     reproduce.add_argument("--seeds", default=5, type=int)
     reproduce.add_argument("--ablations", action="store_true")
-    reproduce.add_argument("--methods", default="all")
+    reproduce.add_argument("--methods", default="paper", help=METHODS_HELP)
     reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     reproduce.add_argument("--out", required=True, type=Path)
     _evaluation_flags(reproduce)
@@ -140,13 +140,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+METHODS_HELP = "paper (default: the ALA paper's ten), all (the newer ViT methods too), or M,M,..."
+
+
 def _source_flags(parser: argparse.ArgumentParser) -> None:
     """A run folder's model on one dataset split, the methods and the output folder (evaluate, sanity)."""
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", type=Path)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--methods", default="all")
+    parser.add_argument("--methods", default="paper", help=METHODS_HELP)
     parser.add_argument("--out", required=True, type=Path)
 
 
@@ -351,7 +354,10 @@ def _sanity(args: argparse.Namespace) -> int:
     )
     for test, words in (("mprt", "model randomisation (MPRT)"), ("random_logit", "random logit")):
         failing = result["fails"][test]
-        print(f"{words}: {', '.join(failing) + ' fail' if failing else 'every method passes'}")
+        undecided = [m for m, r in result["methods"].items() if r[test]["fails"] is None]
+        passing = "no method fails" if undecided else "every method passes"
+        verdict = f"{', '.join(failing)} fail" if failing else passing
+        print(f"{words}: {verdict}" + (f"; no verdict (constant maps): {', '.join(undecided)}" if undecided else ""))
     print(f"sanity checks of {len(result['methods'])} method(s) on {result['n_images']} image(s) -> "
           f"{args.out / 'sanity.json'}")
     return 0

@@ -10,8 +10,8 @@ image), IG along the path, LRP as its starting relevance, Score-CAM and RISE on 
 targets; for the embedding targets, the image embedding of the backbone (`EmbeddingModel`: a bare
 `Backbone`, or a classifier's backbone, whose head then plays no part).
 
-- `ClassLogit` (the default of most methods), `ClassProbability` (softmax, float32; RISE's and Score-CAM's
-  default, as their papers score);
+- `ClassLogit` (the default of most methods), `ClassProbability` (softmax, float32; the default of RISE,
+  Score-CAM, ViT-ReciproCAM, TIS and ViT-CX, as their papers score);
 - `PromptScores`: CLIP image–text similarity, logit_scale · cos(image embedding, prompt embedding), the
   prompt embedded by the CLIP text tower; with prompts `against`, minus their mean: for one other prompt the
   log-odds of the prompt against it under CLIP's zero-shot softmax ("a photo of a cat" rather than "a photo

@@ -80,7 +80,7 @@ def reproduce(
     out: str | Path,
     settings: EvaluationSettings | None = None,
     *,
-    methods: str | Sequence[str] = "all",
+    methods: str | Sequence[str] = "paper",
     ablations: bool = False,
     device: str | None = None,
     progress: bool = True,

@@ -65,9 +65,10 @@ from vfmxai.vocabulary import DEFAULT_EVAL_METRICS, METHODS
 
 
 def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[list[str], dict[str, str]]:
-    """(methods to run, {method: why it cannot run}) for `methods` = "all", "m1,m2" or a list.
+    """(methods to run, {method: why it cannot run}) for `methods` = "paper", "all", "m1,m2" or a list.
 
-    "all" = the ten keys of `vocabulary.METHODS` plus any other registered method. One of the ten that is not
+    "paper" = the ten keys of `vocabulary.METHODS` (the ALA paper's Table 2, the commands' default); "all" = those
+    plus any other registered method (the newer ViT methods). One of the ten that is not
     registered (not built, or not imported) and `ala` on a model without `explain` are reported missing, never
     replaced; a name that is neither one of the ten nor registered is a typo and an error.
     """
@@ -85,11 +86,15 @@ def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[li
 
 
 def method_names(methods: str | Sequence[str]) -> list[str]:
-    """The method keys `methods` names ("all", "m1,m2" or a list; duplicates dropped), each one of the ten or
-    registered; else one line naming the typos. Needs no model, so a command checks it before loading one."""
+    """The method keys `methods` names ("paper", "all", "m1,m2" or a list; duplicates dropped), each one of the
+    ten or registered; else one line naming the typos. Needs no model, so a command checks it before loading one."""
     registered = explainers.available()
     if isinstance(methods, str):
-        names = [*METHODS, *(m for m in registered if m not in METHODS)] if methods == "all" else methods.split(",")
+        names = (
+            list(METHODS) if methods == "paper"
+            else [*METHODS, *(m for m in registered if m not in METHODS)] if methods == "all"
+            else methods.split(",")
+        )
     else:
         names = list(methods)
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))

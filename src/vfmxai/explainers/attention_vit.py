@@ -1,8 +1,9 @@
 """Attention-reading methods of the ViT-explanation literature since 2021: raw attention (`raw_attention`), LeGrad
 (`legrad`) and Beyond Intuition (`beyond_intuition`).
 
-They read the attention probabilities through `attention.forward_recorded` and the class token's row through
-`attention.class_row` (with no class token, SigLIP, the mean of the patch tokens' rows); `Backbone.patch_grid`
+They read the attention probabilities through `attention.forward_recorded`; raw attention and Beyond Intuition
+read the class token's row through `attention.class_row` (with no class token, SigLIP, the mean of the patch
+tokens' rows), LeGrad averages over every query row; `Backbone.patch_grid`
 drops the prefix tokens (class token, registers) and lays the patch tokens on the input's grid.
 
 GAE, the generic attention explainability of Chefer, Gur & Wolf (ICCV 2021: R = I, R ← R + E_h[(∇A ⊙ A)^+]·R,

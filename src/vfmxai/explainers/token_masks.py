@@ -82,8 +82,7 @@ class ViTReciproCAM(Explainer):
     For every patch token j, a copy of h^(layer) keeps the prefix tokens and, of the patch tokens, only the 3x3
     Gaussian neighbourhood of j (`GAUSSIAN_3X3`, weights 1/4 on j; the others zero); the copies go through the
     rest of the network, and map(j) = p_t(copy j), the softmax probability of the target. `layer` defaults to -3,
-    h^(k-2), the input of the second-to-last block (the authors' default `block_index=-2`: the last block
-    alone cannot mix the masked tokens into the class token and the head's reading); the authors mask the
+    h^(k-2), the input of the second-to-last block (the authors' default `block_index=-2`); the authors mask the
     layer-normed input of that block's attention, vfmxai the block's input itself (the residual stream), so
     masked tokens are absent from every later computation. `gaussian=False` keeps token j alone, at weight 1.
     Cost: N passes per image (N patch tokens), `batch_size` copies per pass.
