@@ -45,6 +45,28 @@ def replaced_state(backbone: Backbone, layer: int, fn: Callable[[Tensor], Tensor
         handle.remove()
 
 
+@contextlib.contextmanager
+def blocks_on_rows(backbone: Backbone, layer: int, rows: Tensor, inverse: Tensor) -> Iterator[None]:
+    """Inside the `with`, blocks 1..`layer` compute on their input's rows `rows` alone, and row i of each one's
+    output is row inverse[i] of that result: for a batch whose rows share h^(0..layer-1) by groups (masked copies
+    of one image), the blocks before a replaced h^(layer) then cost one row per group, and every hidden state
+    the head reads is the one a full pass gives. The blocks' `forward` is wrapped rather than hooked: a forward
+    hook runs after the block's computation, and transformers records h^(0) as block 1's input, which a
+    pre-hook cutting the rows would cut too."""
+    blocks = [backbone.blocks[j] for j in range(layer)]
+
+    def on_rows(forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        return lambda hidden, *args, **kwargs: forward(hidden[rows], *args, **kwargs)[inverse]
+
+    try:
+        for block in blocks:
+            block.forward = on_rows(block.forward)
+        yield
+    finally:
+        for block in blocks:
+            vars(block).pop("forward", None)
+
+
 def recorded_states(
     classifier: Classifier, images: Tensor, layers: list[int], full_precision: bool = False
 ) -> list[Tensor]:
@@ -85,7 +107,8 @@ class ViTReciproCAM(Explainer):
     h^(k-2), the input of the second-to-last block (the authors' default `block_index=-2`); the authors mask the
     layer-normed input of that block's attention, vfmxai the block's input itself (the residual stream), so
     masked tokens are absent from every later computation. `gaussian=False` keeps token j alone, at weight 1.
-    Cost: N passes per image (N patch tokens), `batch_size` copies per pass.
+    Cost: N passes per image (N patch tokens), `batch_size` copies per pass; the blocks before h^(layer) run
+    once per image of a pass (`blocks_on_rows`), not once per copy.
     """
 
     display_name = "ViT-ReciproCAM"
@@ -114,7 +137,10 @@ class ViTReciproCAM(Explainer):
         scores = torch.zeros(b, n, device=images.device)
         for image, token in index_chunks(b, n, self.batch_size, images.device):
             masked = state[image] * weights[token].unsqueeze(-1)
-            with replaced_state(backbone, self.layer, lambda _, masked=masked: masked):
+            _, inverse, counts = image.unique_consecutive(return_inverse=True, return_counts=True)
+            first = counts.cumsum(0) - counts  # the first copy of each image: the row blocks 1..layer compute
+            with (blocks_on_rows(backbone, self.layer, first, inverse),
+                  replaced_state(backbone, self.layer, lambda _, masked=masked: masked)):
                 logits = self.classifier(images[image])
             scores[image, token] = self.score(logits, targets[image])
         return scores.view(b, rows, cols)
