@@ -7,12 +7,12 @@ at most 8× the input side before it becomes float (`model_input`), and the over
 rows at a time. An image smaller than the input (even smaller than one patch) is upsampled to it like
 any other.
 
-What is explained (`target`, validated before any work): `class` (default: the predicted class, scored as
-each method's paper does: the logit; the probability for RISE, Score-CAM, ViT-ReciproCAM, TIS and ViT-CX),
-`logit` or `prob` (that score for every method), `prompt:TEXT` (CLIP image–text similarity, contrasted with
-the `against` prompts when given), `reference:IMAGE` (cosine similarity of the embeddings to that image's). `backbone` (instead of a
-run folder) explains a bare backbone, for the targets that need no head; `prompt` needs a whole CLIP
-directory (the run's backbone directory, with a run).
+What is explained (`target`, validated before any work): `class` (default: the predicted class, scored as each
+method's paper does: the logit; the probability for RISE, Score-CAM, ViT-ReciproCAM, TIS and ViT-CX), `logit` or
+`prob` (that score for every method), `prompt:TEXT` (CLIP image–text similarity, contrasted with the `against`
+prompts when given), `reference:IMAGE` (cosine similarity of the embeddings to that image's). `backbone` (instead
+of a run folder) explains a bare backbone, for the targets that need no head; `prompt` needs a whole CLIP directory
+(the run's backbone directory, with a run).
 """
 
 from __future__ import annotations
