@@ -47,6 +47,9 @@ from vfmxai.runtime import autocast, check_device, default_device, resolve_preci
 from vfmxai.viz.sanity import save_randomisation_curves
 
 OUTPUTS = ("sanity.json", "sanity.md", "sanity.png")
+MAX_DRAWS = 1000
+MAX_SEED = 2**32 - 1
+"""Draw d is seeded `seed + d`: a seed up to 2**32 - 1 stays far inside what torch.Generator.manual_seed takes."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,10 @@ class SanitySettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise VfmxaiError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise VfmxaiError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        if self.draws > MAX_DRAWS:
+            raise VfmxaiError(f"--draws must be <= {MAX_DRAWS} (each draw randomises the model), got {self.draws}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise VfmxaiError(f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         if isinstance(self.fail_at, bool) or not isinstance(self.fail_at, int | float) or not -1 <= self.fail_at <= 1:
             raise VfmxaiError(f"--fail-at must be a rank correlation in [-1, 1], got {self.fail_at!r}")
         resolve_precision(self.precision, "cpu")  # a word of PRECISIONS, else one line
