@@ -72,6 +72,8 @@ CASES = [
      "method 'rise': unknown option 'n_mask'"),
     ("sanity-option-bad-value", [*SANITY, "--methods", "rise", "--method-option", "rise.n_masks=-4"],
      "option n_masks=-4 must be a positive integer"),
+    ("sanity-option-method-not-chosen", [*SANITY, "--method-option", "rise.n_masks=4"],
+     "--method-option rise.*: method 'rise' is not among --methods (gradcam)"),
     ("sanity-no-run", [*SANITY, "--checkpoint", "{MISSING}"], "no such run folder"),
     ("sanity-out-file", [*SANITY, "--out", "{FILE}"], "exists and is not a folder"),
     ("sanity-out-under-file", [*SANITY, "--out", "{UNDER}"], "is a file, so no folder can be made under it"),

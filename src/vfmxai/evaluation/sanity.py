@@ -14,7 +14,9 @@ keep: it is left out of that method's means and counted (`constant_maps`); a ran
 constant keeps nothing of the original's ranking and counts as rho 0. With no image left, the verdict is None.
 
 Files in `out`: sanity.json (settings, seeds, steps, per method and step rho mean/std, verdicts), sanity.md,
-sanity.png (`viz.sanity`). The models run in eval mode, LoRA merged, in `precision` (`runtime.autocast`).
+sanity.png (`viz.sanity`), written only once every check has run: an interrupted run leaves no folder behind,
+and the same command starts again without --force (there is nothing to resume). The models run in eval mode,
+LoRA merged, in `precision` (`runtime.autocast`).
 """
 
 from __future__ import annotations
@@ -99,7 +101,10 @@ def sanity_run(
     Every argument, `out` included, is checked before the model is loaded."""
     settings = settings or SanitySettings()
     out = _check_out(out, force)
-    method_names(methods)
+    chosen = method_names(methods)
+    if unused := [m for m in settings.method_options if m not in chosen]:
+        raise VfmxaiError(f"--method-option {unused[0]}.*: method '{unused[0]}' is not among --methods "
+                          f"({', '.join(chosen)})")
     if device is not None:
         check_device(device)
     check_run_folder(source.run_dir)
