@@ -69,13 +69,11 @@ from vfmxai.io import atomic_write_json, atomic_write_text, check_out_folder
 from vfmxai.metrics import insertion_deletion
 from vfmxai.runtime import autocast, check_device, default_device, resolve_precision
 from vfmxai.training.module import adamw
-from vfmxai.vocabulary import METHODS, VIT_METHODS
+from vfmxai.vocabulary import MAX_IMAGE_SIZE, METHODS, MIN_IMAGE_SIZE, VIT_METHODS
 
 DEFAULT_METHODS = (*METHODS, *VIT_METHODS)
 TRAIN_TASKS = ("lora_ala", "full_finetune")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
-"""`--image-size` bounds, those of `backbone.image_size`."""
 
 
 def default_method_options(batch_size: int) -> dict[str, dict[str, Any]]:

@@ -348,10 +348,14 @@ def _sanity(args: argparse.Namespace) -> int:
         n_images=args.n_images, batch_size=args.batch_size, draws=args.draws, seed=args.seed, fail_at=args.fail_at,
         precision=args.precision, method_options=_collect_options(args.method_options),
     )
-    result = sanity_run(
-        _source(args), args.methods, args.out, settings, device=args.device, force=args.force,
-        progress=not args.no_progress,
-    )
+    try:
+        result = sanity_run(
+            _source(args), args.methods, args.out, settings, device=args.device, force=args.force,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:  # sanity keeps its work in memory and writes --out only at the end
+        raise KeyboardInterrupt(f"interrupted; nothing was written to {args.out} (rerun the same command to start "
+                                "again)") from None
     for test, words in (("mprt", "model randomisation (MPRT)"), ("random_logit", "random logit")):
         failing = result["fails"][test]
         undecided = [m for m, r in result["methods"].items() if r[test]["fails"] is None]

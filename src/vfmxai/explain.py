@@ -36,7 +36,7 @@ from vfmxai.runtime import autocast, check_device, resolve_precision
 from vfmxai.targets import ClassLogit, ClassProbability, PromptScores, ReferenceSimilarity, Target
 from vfmxai.viz.grid import save_grid
 from vfmxai.viz.overlay import overlay, save_png
-from vfmxai.vocabulary import EXPLAIN_TARGETS
+from vfmxai.vocabulary import EXPLAIN_TARGETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,14 @@ class TargetSpec:
             raise VfmxaiError("--against: every prompt must be non-empty text")
         if kind == "reference":
             path = Path(text)
+            if path.is_dir():
+                raise VfmxaiError(f"--target reference:{text}: is a folder; give one image file")
             if not path.is_file():
                 raise VfmxaiError(f"--target reference:{text}: no such image file")
-            open_image(path)  # an undecodable file is named here, before any model is loaded
+            try:  # an undecodable file is named here, before any model is loaded
+                open_image(path)
+            except VfmxaiError as err:
+                raise VfmxaiError(f"--target reference:{err}") from None
         return cls(kind, text, tuple(against))
 
     @property
@@ -253,6 +258,8 @@ def _check_target(
         raise VfmxaiError("--checkpoint or --backbone: give one (a trained run, or a bare backbone to explain)")
     if image_size is not None and backbone is None:
         raise VfmxaiError("--image-size: applies to --backbone (a run explains at the size it was trained at)")
+    if image_size is not None and not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise VfmxaiError(f"--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size}")
     spec = TargetSpec.parse(target, against)
     if backbone is not None and spec.per_class:
         raise VfmxaiError(

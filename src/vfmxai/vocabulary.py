@@ -38,6 +38,8 @@ SYNTHETIC_SPLITS = {"n_train": 600, "n_val": 120, "n_test": 120}
 """Default split sizes of the synthetic set."""
 SYNTHETIC_SIZE = 64
 """Default side of the synthetic images in pixels."""
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+"""The input sides `--image-size` accepts (bench, explain --backbone), those of `backbone.image_size`."""
 SYNTHETIC_TASKS = ("demo", "pretrain")
 PET_BOUNDARIES = ("background", "object")
 """Where Oxford-IIIT Pet's trimap boundary band goes: `background` (object = the trimap's foreground, DESIGN §5)

@@ -10,6 +10,7 @@ results, so a resumed evaluation never mixes scores made with other options.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +29,24 @@ class Option:
     valid: Callable[[Any], bool]
 
 
+MAX_COUNT = 10_000
+"""Upper bound of a count option (steps, draws, region side): a typo's 10**9 would exhaust memory, not finish."""
+
+
 def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _seed(value: Any) -> bool:
+    return _integer(value) and -(2**63) <= value < 2**63  # what torch.Generator.manual_seed takes
+
+
 def _positive_int(value: Any) -> bool:
-    return _integer(value) and value >= 1
+    return _integer(value) and 1 <= value <= MAX_COUNT
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive(value: Any) -> bool:
@@ -56,18 +65,19 @@ def _one_of(choices: Sequence[str]) -> Option:
     return Option(choices[0], f"one of {', '.join(choices)}", lambda v: v in choices)
 
 
-SEED = Option(0, "an integer", _integer)
+POSITIVE = f"an integer in [1, {MAX_COUNT}]"
+SEED = Option(0, "an integer in [-2**63, 2**63)", _seed)
 SENSITIVITY = {
     "radius": Option(0.02, "a number > 0 (L-infinity radius in [0, 1] pixel units)", _positive),
-    "n_samples": Option(10, "a positive integer", _positive_int),
+    "n_samples": Option(10, POSITIVE, _positive_int),
     "seed": SEED,
 }
 OPTIONS: dict[str, dict[str, Option]] = {
     "pointing_game": {"tolerance": Option(0, "a number >= 0 (pixels)", _non_negative)},
     "aopc": {
-        "steps": Option(None, "a positive integer", _positive_int),
-        "region_size": Option(1, "a positive integer (pixels)", _positive_int),
-        "regions_per_step": Option(None, "a positive integer or null", lambda v: v is None or _positive_int(v)),
+        "steps": Option(None, POSITIVE, _positive_int),
+        "region_size": Option(1, f"{POSITIVE} (pixels)", _positive_int),
+        "regions_per_step": Option(None, f"{POSITIVE} or null", lambda v: v is None or _positive_int(v)),
         "substrate": Option(None, f"one of {', '.join(EVAL_SUBSTRATES)}", lambda v: v in EVAL_SUBSTRATES),
         "score": _one_of(SCORES),
     },
@@ -81,7 +91,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
     "avg_sensitivity": SENSITIVITY,
     "infidelity": {
         "sigma": Option(0.1, "a number > 0 (std in [0, 1] pixel units)", _positive),
-        "n_samples": Option(32, "a positive integer", _positive_int),
+        "n_samples": Option(32, POSITIVE, _positive_int),
         "seed": SEED,
         "score": Option("logit", f"one of {', '.join(SCORES)}", lambda v: v in SCORES),
         "optimal_scale": Option(False, "true or false", lambda v: isinstance(v, bool)),
@@ -115,6 +125,8 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
         raise VfmxaiError("--metrics: no metric given")
+    if "all" in names:
+        raise VfmxaiError(f"--metrics {','.join(names)}: 'all' already names every metric; give it alone")
     unknown = [n for n in names if n not in EVAL_METRICS]
     if unknown:
         raise VfmxaiError(f"--metrics: unknown metric(s) {', '.join(unknown)} (known: {', '.join(EVAL_METRICS)})")

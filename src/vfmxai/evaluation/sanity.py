@@ -14,7 +14,9 @@ keep: it is left out of that method's means and counted (`constant_maps`); a ran
 constant keeps nothing of the original's ranking and counts as rho 0. With no image left, the verdict is None.
 
 Files in `out`: sanity.json (settings, seeds, steps, per method and step rho mean/std, verdicts), sanity.md,
-sanity.png (`viz.sanity`). The models run in eval mode, LoRA merged, in `precision` (`runtime.autocast`).
+sanity.png (`viz.sanity`), written only once every check has run: an interrupted run leaves no folder behind,
+and the same command starts again without --force (there is nothing to resume). The models run in eval mode,
+LoRA merged, in `precision` (`runtime.autocast`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from vfmxai.runtime import autocast, check_device, default_device, resolve_preci
 from vfmxai.viz.sanity import save_randomisation_curves
 
 OUTPUTS = ("sanity.json", "sanity.md", "sanity.png")
+MAX_DRAWS = 1000
+MAX_SEED = 2**32 - 1
+"""Draw d is seeded `seed + d`: a seed up to 2**32 - 1 stays far inside what torch.Generator.manual_seed takes."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,10 @@ class SanitySettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise VfmxaiError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise VfmxaiError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        if self.draws > MAX_DRAWS:
+            raise VfmxaiError(f"--draws must be <= {MAX_DRAWS} (each draw randomises the model), got {self.draws}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise VfmxaiError(f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         if isinstance(self.fail_at, bool) or not isinstance(self.fail_at, int | float) or not -1 <= self.fail_at <= 1:
             raise VfmxaiError(f"--fail-at must be a rank correlation in [-1, 1], got {self.fail_at!r}")
         resolve_precision(self.precision, "cpu")  # a word of PRECISIONS, else one line
@@ -94,7 +101,10 @@ def sanity_run(
     Every argument, `out` included, is checked before the model is loaded."""
     settings = settings or SanitySettings()
     out = _check_out(out, force)
-    method_names(methods)
+    chosen = method_names(methods)
+    if unused := [m for m in settings.method_options if m not in chosen]:
+        raise VfmxaiError(f"--method-option {unused[0]}.*: method '{unused[0]}' is not among --methods "
+                          f"({', '.join(chosen)})")
     if device is not None:
         check_device(device)
     check_run_folder(source.run_dir)

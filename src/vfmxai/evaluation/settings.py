@@ -13,7 +13,7 @@ from typing import Any
 
 from vfmxai import explainers
 from vfmxai.errors import VfmxaiError
-from vfmxai.evaluation.metric_set import check_metric_options, parse_metrics, resolved_options
+from vfmxai.evaluation.metric_set import MAX_COUNT, check_metric_options, parse_metrics, resolved_options
 from vfmxai.vocabulary import DEFAULT_EVAL_METRICS, EVAL_SUBSTRATES, METHODS, TARGET_MODES, THRESHOLD_ON
 
 
@@ -51,6 +51,8 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         if not _positive_int(self.steps):
             raise VfmxaiError(f"--steps must be a positive integer, got {self.steps}")
+        if self.steps > MAX_COUNT:
+            raise VfmxaiError(f"--steps must be <= {MAX_COUNT}, got {self.steps}")
         if self.substrate not in EVAL_SUBSTRATES:
             raise VfmxaiError(f"--substrate must be one of {', '.join(EVAL_SUBSTRATES)}, got '{self.substrate}'")
         if self.threshold_on not in THRESHOLD_ON:
@@ -91,7 +93,8 @@ def checked_method_options(method_options: Mapping[str, Mapping[str, Any]] | Non
     registered = explainers.available()
     for name, opts in options.items():
         if name not in METHODS and name not in registered:
-            raise VfmxaiError(f"method_options: unknown method '{name}' (known: {', '.join(METHODS)})")
+            known = ", ".join(dict.fromkeys([*METHODS, *registered]))
+            raise VfmxaiError(f"method_options: unknown method '{name}' (known: {known})")
         jsonable(opts, f"method_options['{name}']")
         if name in registered:
             explainers.check_options(name, opts)
