@@ -319,12 +319,14 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from vfmxai.evaluation import Processes, evaluate_run
+    from vfmxai.evaluation.runner import chosen_methods
     from vfmxai.evaluation.sharding import parse_shard
 
     _need_root(args)
     if args.shard and args.devices is not None:
         raise VfmxaiError("--shard and --devices: choose one (a shard of a job, or N local worker processes)")
     settings = _evaluation_settings(args)
+    chosen_methods(args.methods, settings.method_options)
     parallel = parse_shard(args.shard) if args.shard else None if args.devices is None else Processes(args.devices)
     result = evaluate_run(
         _source(args), args.methods, args.out, settings, parallel=parallel, device=args.device,

@@ -43,6 +43,7 @@ from vfmxai.evaluation.report import (
     render_table,
     table_columns,
 )
+from vfmxai.evaluation.runner import chosen_methods
 from vfmxai.evaluation.settings import EvaluationSettings
 from vfmxai.evaluation.store import load_per_image
 from vfmxai.explainers import display_name
@@ -103,6 +104,7 @@ def reproduce(
         "evaluation": dataclasses.asdict(settings),
     }
     recipe.config(seed_list[0])  # bad preset / override: fail before any work
+    chosen_methods(methods, settings.method_options)  # a typo in --methods or --method-option: likewise
     atomic_write_json(out / "reproduce.json", json.loads(json.dumps(record, sort_keys=True, default=str)))
 
     def trial(seed: int, folder: Path, extra: Sequence[str], trial_methods: str | Sequence[str]) -> Path:

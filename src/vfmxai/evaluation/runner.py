@@ -85,6 +85,17 @@ def resolve_methods(methods: str | Sequence[str], model: Classifier) -> tuple[li
     return [n for n in names if n not in missing], missing
 
 
+def chosen_methods(methods: str | Sequence[str], method_options: Mapping[str, Any]) -> list[str]:
+    """`method_names(methods)`, and one line for a method option naming a method not among them (an option that
+    would be silently ignored: most likely a typo in --methods or --method-option)."""
+    chosen = method_names(methods)
+    if unused := [m for m in method_options if m not in chosen]:
+        raise VfmxaiError(
+            f"--method-option {unused[0]}.*: method '{unused[0]}' is not among --methods ({', '.join(chosen)})"
+        )
+    return chosen
+
+
 def method_names(methods: str | Sequence[str]) -> list[str]:
     """The method keys `methods` names ("paper", "all", "m1,m2" or a list; duplicates dropped), each one of the
     ten or registered; else one line naming the typos. Needs no model, so a command checks it before loading one."""

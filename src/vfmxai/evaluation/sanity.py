@@ -40,7 +40,7 @@ from vfmxai.data import collate
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.randomisation import cascade, randomisation_steps
 from vfmxai.evaluation.report import rounded
-from vfmxai.evaluation.runner import method_names, resolve_methods
+from vfmxai.evaluation.runner import chosen_methods, resolve_methods
 from vfmxai.evaluation.settings import checked_method_options, jsonable
 from vfmxai.io import atomic_write_json, atomic_write_text, check_out_folder
 from vfmxai.metrics import mean_std, spearman_correlation
@@ -101,10 +101,7 @@ def sanity_run(
     Every argument, `out` included, is checked before the model is loaded."""
     settings = settings or SanitySettings()
     out = _check_out(out, force)
-    chosen = method_names(methods)
-    if unused := [m for m in settings.method_options if m not in chosen]:
-        raise VfmxaiError(f"--method-option {unused[0]}.*: method '{unused[0]}' is not among --methods "
-                          f"({', '.join(chosen)})")
+    chosen_methods(methods, settings.method_options)
     if device is not None:
         check_device(device)
     check_run_folder(source.run_dir)
