@@ -22,7 +22,7 @@ from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
 from vfmxai.explainers.attention import check_start_block, class_row, forward_recorded
-from vfmxai.explainers.base import Explainer, index_chunks, register
+from vfmxai.explainers.base import Explainer, check_positive, index_chunks, register
 from vfmxai.targets import Target
 
 BI_VARIANTS = ("head", "token")
@@ -148,9 +148,7 @@ class BeyondIntuition(Explainer):
             raise VfmxaiError(
                 f"method 'beyond_intuition': option variant must be one of {'|'.join(BI_VARIANTS)}, got {variant!r}"
             )
-        for option, value in (("steps", steps), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise VfmxaiError(f"method 'beyond_intuition': option {option}={value!r} must be a positive integer")
+        check_positive("beyond_intuition", steps=steps, batch_size=batch_size)
         self.variant = variant
         self.steps = steps
         self.batch_size = batch_size

@@ -73,6 +73,13 @@ def _option_parameters(name: str) -> dict[str, inspect.Parameter]:
     return {key: p for key, p in parameters if key != "target"}
 
 
+def check_positive(method: str, **options: int) -> None:
+    """A one-line VfmxaiError naming method and option unless every value of `options` is a positive int."""
+    for option, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise VfmxaiError(f"method '{method}': option {option}={value!r} must be a positive integer")
+
+
 def check_options(name: str, options: dict[str, Any]) -> None:
     """VfmxaiError (one line) for an option method `name` does not take, or a value whose type differs from its
     default's (an int where a float is expected is fine): checked before any work, so a typo never costs a run."""

@@ -19,7 +19,7 @@ from torch import Tensor
 from vfmxai.backbones import Backbone
 from vfmxai.classifier import Classifier
 from vfmxai.errors import VfmxaiError
-from vfmxai.explainers.base import Explainer, index_chunks, register
+from vfmxai.explainers.base import Explainer, check_positive, index_chunks, register
 from vfmxai.explainers.cam import resolve_layer
 from vfmxai.targets import ClassProbability, Target
 
@@ -80,12 +80,6 @@ def recorded_states(
             stack.enter_context(replaced_state(classifier.backbone, i, lambda s, i=i: kept.setdefault(i, s)))
         classifier(images)
     return [kept[i] for i in layers]
-
-
-def check_positive(method: str, **options: int) -> None:
-    for option, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise VfmxaiError(f"method '{method}': option {option}={value!r} must be a positive integer")
 
 
 def gaussian_token_masks(rows: int, cols: int, device: torch.device) -> Tensor:

@@ -242,8 +242,7 @@ def check_inputs(
     name: str, images: Tensor, maps: Tensor, steps: int, batch_size: int, target_mode: str
 ) -> tuple[Tensor, Tensor]:
     """(images as float, maps as float on the images' device), or a one-line VfmxaiError naming `name`."""
-    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise VfmxaiError(f"{name}: images must be a non-empty (B, 3, H, W) tensor, got {_shape(images)}")
+    check_images(name, images)
     if not isinstance(maps, Tensor) or maps.dim() != 3 or maps.shape[0] != images.shape[0]:
         n_img = images.shape[0]
         raise VfmxaiError(f"{name}: maps must be (B, h, w) with B = {n_img} as the images, got {_shape(maps)}")
@@ -258,6 +257,12 @@ def check_inputs(
     if not torch.isfinite(maps).all():
         raise VfmxaiError(f"{name}: maps contain NaN or infinite values")
     return images.float(), maps
+
+
+def check_images(name: str, images: object) -> None:
+    """A one-line VfmxaiError naming `name` unless `images` is a non-empty (B, 3, H, W) tensor."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise VfmxaiError(f"{name}: images must be a non-empty (B, 3, H, W) tensor, got {_shape(images)}")
 
 
 def check_score(name: str, score: str) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from vfmxai.errors import VfmxaiError
-from vfmxai.metrics.perturbation import check_samples
+from vfmxai.metrics.perturbation import check_images, check_samples
 
 Explain = Callable[[Tensor, Tensor], Tensor]
 """(images (N, 3, H, W), targets (N,)) -> maps (N, h, w), e.g. an `Explainer` bound to its model."""
@@ -43,8 +43,7 @@ def sensitivity_ratios(
     Explanations are made `batch_size` perturbed images at a time: B * n_samples of them (+ B without maps).
     """
     name = "sensitivity"
-    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise VfmxaiError(f"{name}: images must be a non-empty (B, 3, H, W) tensor, got {_shape(images)}")
+    check_images(name, images)
     check_samples(name, n_samples)
     if not float(radius) > 0:
         raise VfmxaiError(f"{name}: radius must be a positive number, got {radius}")
@@ -101,7 +100,3 @@ def avg_sensitivity(
 ) -> Tensor:
     """Average sensitivity (B,): the mean relative change of the map over the draws (module docstring)."""
     return sensitivity_ratios(explain, images, targets, maps, radius, n_samples, seed, batch_size).mean(dim=1)
-
-
-def _shape(x: object) -> object:
-    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
