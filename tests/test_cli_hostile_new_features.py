@@ -106,6 +106,8 @@ CASES = [
     ("explain-image-size-huge", [*BARE, "--image-size", "100000"], "--image-size must be in [8, 4096], got 100000"),
     ("explain-image-size-not-patches", [*BARE, "--image-size", "33"], "has patches of 8 px, which do not divide it"),
     # vfmxai evaluate --metrics, --metric-option
+    ("evaluate-methods-paper-and-more", [*EVALUATE, "--methods", "paper,legrad"],
+     "--methods: 'paper' names a whole set of methods; give it alone or list the methods"),
     ("evaluate-option-method-not-chosen", [*EVALUATE, "--method-option", "rise.n_masks=4"],
      "--method-option rise.*: method 'rise' is not among --methods (gradcam)"),
     ("evaluate-option-new-method-default-methods",

@@ -111,6 +111,8 @@ def method_names(methods: str | Sequence[str]) -> list[str]:
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     if not names:
         raise VfmxaiError("--methods: no method given")
+    if grouped := [n for n in ("paper", "all") if n in names]:
+        raise VfmxaiError(f"--methods: '{grouped[0]}' names a whole set of methods; give it alone or list the methods")
     unknown = [n for n in names if n not in METHODS and n not in registered]
     if unknown:
         known = ", ".join(dict.fromkeys([*METHODS, *registered]))
