@@ -13,9 +13,11 @@ the seconds per image of each library, single-threaded, as one markdown table.
     OMP_NUM_THREADS=1 python scripts/compare_quantus.py [--images 16]
 
 Times are CPU seconds of the process per image (so other load on the machine does not count), the best of
-`--repeat` runs for the metrics of the maps alone and of one run for the rest (which run the model); a
-metric scored on both methods' maps adds the two. vfmxai's metrics that run the model are given
-batch_size = the number of images: the batch Quantus runs the model on.
+`--repeat` runs for the metrics of the maps alone and of `--model-repeat` runs for the rest (which run the
+model); a metric scored on both methods' maps adds the two. Beside them, the backbone passes each library made
+per image (images entering the patch embedding, counted by a hook): where both make the same passes through the
+same model, the time is the model's and a ratio near 1 is the most either can reach. vfmxai's metrics that
+run the model are given batch_size = the number of images: the batch Quantus runs the model on.
 48 px and not the backbone's native 64: Quantus's pixel flipping steps through the map broadcast to the 3
 channels but asserts that its step (in channel values) divides H*W, so whole-pixel steps need 3 | H*W.
 Where Quantus draws noise (ROAD, infidelity, sensitivity), it is handed vfmxai's seeded draws through its
@@ -76,6 +78,8 @@ class Setup:
     masks: Tensor
     maps: dict[str, Tensor]
     seed: int
+    passes: PassCounter
+    repeat: int = 3
 
     @property
     def n(self) -> int:
@@ -97,16 +101,44 @@ class Setup:
         return self.maps[method][:, None].numpy().copy()
 
 
+class PassCounter:
+    """Counts the images that enter the backbone's patch embedding: every model pass of either library, the
+    randomised copies of MPRT included (a deep copy keeps the hook, which holds this counter)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.images = 0
+
+        def count(_: torch.nn.Module, args: tuple[Tensor, ...]) -> None:  # a function: deep copies share it
+            self.images += len(args[0])
+
+        embedding = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        embedding.register_forward_pre_hook(count)
+
+
+@dataclass
+class Cost:
+    """CPU seconds and backbone passes (images through the model) per scored item."""
+
+    seconds: float = 0.0
+    passes: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.seconds + other.seconds, self.passes + other.passes)
+
+    def __truediv__(self, n: float) -> Cost:
+        return Cost(self.seconds / n, self.passes / n)
+
+
 @dataclass
 class Row:
     metric: str
     agreement: str
-    quantus_s: float
-    vfmxai_s: float
+    quantus: Cost
+    vfmxai: Cost
     note: str
 
 
-def fit_setup(n_images: int, seed: int) -> Setup:
+def fit_setup(n_images: int, seed: int, repeat: int) -> Setup:
     """The default backbone with a probe on the demo task (Adam on cached embeddings), n test images, maps."""
     torch.manual_seed(seed)
     backbone = load_backbone("default", image_size=IMAGE_SIZE)
@@ -131,7 +163,7 @@ def fit_setup(n_images: int, seed: int) -> Setup:
     for method in METHODS:
         with get(method, model) as explainer:
             maps[method] = resize_maps(explainer(images, targets), tuple(images.shape[-2:])).contiguous()
-    return Setup(model, images, targets, masks, maps, seed)
+    return Setup(model, images, targets, masks, maps, seed, PassCounter(model), repeat)
 
 
 def _render_split(seed: int, split: str, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,17 +172,20 @@ def _render_split(seed: int, split: str, n: int) -> tuple[Tensor, Tensor, Tensor
     return images.contiguous(), torch.tensor([d[2] for d in drawn]), torch.from_numpy(np.stack([d[1] for d in drawn]))
 
 
-def timed(run: Callable[[], object], n_scored: int, repeat: int = 1) -> tuple[object, float]:
-    """(the result of `run`, CPU seconds per scored item: the best of `repeat` runs over `n_scored`).
+def timed(run: Callable[[], object], setup: Setup, repeat: int | None = None) -> tuple[object, Cost]:
+    """(the result of `run`, its Cost per image: the best CPU time of `repeat` runs (default `setup.repeat`), the
+    backbone passes of one run).
 
     CPU time of the process, not the wall clock: on one thread it is the work done, whatever else the machine
-    is running."""
-    best, result = math.inf, None
-    for _ in range(repeat):
-        start = time.process_time()
+    is running; the best of several runs, as run-to-run spread (±10 %) is larger than the gaps between
+    libraries that run the same passes."""
+    best, result, passes = math.inf, None, 0
+    for _ in range(setup.repeat if repeat is None else repeat):
+        start, counted = time.process_time(), setup.passes.images
         result = run()
         best = min(best, time.process_time() - start)
-    return result, best / n_scored
+        passes = setup.passes.images - counted
+    return result, Cost(best, passes) / setup.n
 
 
 def agreement(quantus_values: list[object], vfmxai_values: list[object]) -> str:
@@ -182,11 +217,12 @@ def order_maps(maps: Tensor, region_size: int = 1) -> tuple[np.ndarray, np.ndarr
 
 def replayed(draws: np.ndarray, sign: float = 1.0) -> Callable[..., np.ndarray]:
     """A Quantus `perturb_func` adding the next of `draws` (S, C, H, W), times `sign`, to the whole batch
-    (B, C*H*W) at each call: the s-th call gets draw s, as vfmxai's s-th sample."""
+    (B, C*H*W) at each call: the s-th call gets draw s, as vfmxai's s-th sample (call S + s again draw s: a
+    timed run repeated)."""
     calls = itertools.count()
 
     def perturb(arr: np.ndarray, **_: object) -> np.ndarray:
-        return arr + sign * draws[next(calls)].reshape(1, -1)
+        return arr + sign * draws[next(calls) % len(draws)].reshape(1, -1)
 
     return perturb
 
@@ -209,10 +245,10 @@ def row_pixel_flipping(setup: Setup) -> Row:
     flip = quantus.PixelFlipping(
         features_in_step=3 * height * width // steps, perturb_baseline=0.0, normalise=False, disable_warnings=True
     )
-    q_curves, v_curves, q_time, v_time = [], [], 0.0, 0.0
+    q_curves, v_curves, q_time, v_time = [], [], Cost(), Cost()
     for method in METHODS:
         for order_map in order_maps(setup.maps[method]):
-            curve, t = timed(partial(flip, setup.model, setup.x, setup.y, a_batch=order_map, device="cpu"), setup.n)
+            curve, t = timed(partial(flip, setup.model, setup.x, setup.y, a_batch=order_map, device="cpu"), setup)
             q_curves.append(curve)
             q_time += t
         result, t = timed(
@@ -220,7 +256,7 @@ def row_pixel_flipping(setup: Setup) -> Row:
                 metrics.aopc, setup.model, setup.images, setup.maps[method], setup.targets, steps=steps,
                 batch_size=setup.n,
             ),
-            setup.n,
+            setup,
         )
         v_curves += [result.morf_curve[:, 1:], result.lerf_curve[:, 1:]]
         v_time += t
@@ -239,7 +275,7 @@ def row_pixel_flipping(setup: Setup) -> Row:
 def row_region_perturbation(setup: Setup) -> Row:
     """Region perturbation (Samek et al. 2017) on the 8 x 8 patch grid, one region a step, both orders."""
     n_regions = (IMAGE_SIZE // PATCH) ** 2
-    q_values, v_values, q_time, v_time = [], [], 0.0, 0.0
+    q_values, v_values, q_time, v_time = [], [], Cost(), Cost()
     for method in METHODS:
         morf_map, lerf_map = order_maps(setup.maps[method], PATCH)
         for order, order_map in (("morf", morf_map), ("lerf", -lerf_map)):
@@ -247,7 +283,7 @@ def row_region_perturbation(setup: Setup) -> Row:
                 patch_size=PATCH, order=order, regions_evaluation=n_regions, perturb_baseline=0.0, normalise=False,
                 disable_warnings=True,
             )
-            drops, t = timed(partial(regions, setup.model, setup.x, setup.y, a_batch=order_map, device="cpu"), setup.n)
+            drops, t = timed(partial(regions, setup.model, setup.x, setup.y, a_batch=order_map, device="cpu"), setup)
             q_values.append(drops)
             q_time += t
         result, t = timed(
@@ -255,7 +291,7 @@ def row_region_perturbation(setup: Setup) -> Row:
                 metrics.aopc, setup.model, setup.images, setup.maps[method], setup.targets, steps=n_regions,
                 region_size=PATCH, regions_per_step=1, batch_size=setup.n,
             ),
-            setup.n,
+            setup,
         )
         v_values += [curve[:, :1] - curve[:, 1:] for curve in (result.morf_curve, result.lerf_curve)]
         v_time += t
@@ -291,11 +327,12 @@ def row_road(setup: Setup, noise: float = 0.01) -> Row:
 
     def imputer(order: int, imputed: list[np.ndarray]) -> Callable[..., np.ndarray]:
         """Quantus's imputation of the pixels behind the channel-broadcast `indices`, plus vfmxai's noise draw of
-        this order and percentage (Quantus calls it per percentage, then per image)."""
+        this order and percentage (Quantus calls it per percentage, then per image; again so when the timed run
+        is repeated: `imputed` then holds each run's images in turn)."""
         calls = itertools.count()
 
         def impute(arr: np.ndarray, indices: np.ndarray, **_: object) -> np.ndarray:
-            level = next(calls) // setup.n
+            level = next(calls) // setup.n % len(levels)
             pixels = np.unique(indices % n_pixels)
             out = quantus_imputation(arr, pixels, noise=0.0)
             flat = out.reshape(channels, -1)
@@ -305,17 +342,17 @@ def row_road(setup: Setup, noise: float = 0.01) -> Row:
 
         return impute
 
-    q_correct, v_correct, q_probs, v_probs, gaps, q_time, v_time = [], [], [], [], [], 0.0, 0.0
+    q_correct, v_correct, q_probs, v_probs, gaps, q_time, v_time = [], [], [], [], [], Cost(), Cost()
     for method in METHODS:
         for order, order_map in enumerate(order_maps(setup.maps[method])):
             imputed: list[np.ndarray] = []
             road = PerImageROAD(
                 percentages=percentages, perturb_func=imputer(order, imputed), normalise=False, disable_warnings=True
             )
-            correct, t = timed(partial(road, setup.model, setup.x, setup.y, a_batch=order_map, device="cpu"), setup.n)
+            correct, t = timed(partial(road, setup.model, setup.x, setup.y, a_batch=order_map, device="cpu"), setup)
             q_time += t
             q_correct.append(correct)
-            q_images = torch.from_numpy(np.stack(imputed)).float()  # (level, image) order
+            q_images = torch.from_numpy(np.stack(imputed[: len(levels) * setup.n])).float()  # (level, image), run 1
             with torch.no_grad():
                 probs = setup.model(q_images).softmax(dim=1)
             targets = setup.targets.repeat(len(levels))
@@ -331,7 +368,7 @@ def row_road(setup: Setup, noise: float = 0.01) -> Row:
                 metrics.road, setup.model, setup.images, setup.maps[method], setup.targets, noise=noise,
                 batch_size=setup.n,
             ),
-            setup.n,
+            setup,
         )
         v_time += t
         v_correct += [result.morf_correct, result.lerf_correct]
@@ -362,7 +399,7 @@ def row_infidelity(setup: Setup, sigma: float = 0.1, n_samples: int = 32) -> Row
     _, _, height, width = setup.images.shape
     generator = torch.Generator().manual_seed(0)
     noise = (torch.randn((n_samples, 3, height, width), generator=generator) * sigma).numpy()
-    q_values, v_values, q_time, v_time = [], [], 0.0, 0.0
+    q_values, v_values, q_time, v_time = [], [], Cost(), Cost()
     for method in METHODS:
         infidelity = quantus.Infidelity(
             loss_func="mse", perturb_patch_sizes=[height], n_perturb_samples=n_samples,
@@ -370,7 +407,7 @@ def row_infidelity(setup: Setup, sigma: float = 0.1, n_samples: int = 32) -> Row
         )
         value, t = timed(
             partial(infidelity, setup.model, setup.x, setup.y, a_batch=setup.a(method), softmax=False, device="cpu"),
-            setup.n,
+            setup,
         )
         q_values.append(value)
         q_time += t
@@ -379,7 +416,7 @@ def row_infidelity(setup: Setup, sigma: float = 0.1, n_samples: int = 32) -> Row
                 metrics.infidelity, setup.model, setup.images, setup.maps[method], setup.targets, sigma=sigma,
                 n_samples=n_samples, batch_size=setup.n,
             ),
-            setup.n,
+            setup,
         )
         v_values.append(value)
         v_time += t
@@ -408,7 +445,7 @@ def row_sensitivity(setup: Setup, kind: str, method: str, radius: float = 0.02, 
     explain = quantus_explainer(method, normalize=True)
     q_value, q_time = timed(
         lambda: sensitivity(setup.model, setup.x, setup.y, a_batch=setup.a(method), explain_func=explain, device="cpu"),
-        setup.n,
+        setup,
     )
     with get(method, setup.model) as explainer:
         v_value, v_time = timed(
@@ -416,7 +453,7 @@ def row_sensitivity(setup: Setup, kind: str, method: str, radius: float = 0.02, 
                 ours, explainer, setup.images, setup.targets, setup.maps[method], radius=radius, n_samples=n_samples,
                 batch_size=setup.n,
             ),
-            setup.n,
+            setup,
         )
     note = (
         f"{method}: `{metric.__name__}(nr_samples={n_samples}, lower_bound={radius}, perturb_func=…, "
@@ -444,7 +481,7 @@ def row_mprt(setup: Setup, method: str) -> Row:
     )
     q_scores, q_time = timed(
         lambda: mprt(setup.model, setup.x, setup.y, a_batch=original[:, None], explain_func=explain, device="cpu"),
-        setup.n,
+        setup,
     )
     q_steps = len(q_scores) - 1  # its first entry is the original model against itself
 
@@ -457,7 +494,7 @@ def row_mprt(setup: Setup, method: str) -> Row:
             steps.append((after, metrics.spearman_correlation(maps, after)))
         return steps
 
-    v_steps, v_time = timed(vfmxai_mprt, setup.n)
+    v_steps, v_time = timed(vfmxai_mprt, setup)
     # the same similarity on the same pairs: the original maps and those of each of vfmxai's randomised models
     q_rho = [
         correlation_spearman(original.reshape(setup.n, -1), after.flatten(1).numpy(), batched=True)
@@ -551,12 +588,12 @@ def _map_row(
     note: str,
 ) -> Row:
     """A metric of the maps alone: each library on each method's maps, best of `repeat` runs."""
-    q_values, v_values, q_time, v_time = [], [], 0.0, 0.0
+    q_values, v_values, q_time, v_time = [], [], Cost(), Cost()
     for method in METHODS:
-        value, t = timed(partial(quantus_run, method), setup.n, repeat)
+        value, t = timed(partial(quantus_run, method), setup, repeat)
         q_values.append(value)
         q_time += t
-        value, t = timed(partial(vfmxai_run, method), setup.n, repeat)
+        value, t = timed(partial(vfmxai_run, method), setup, repeat)
         v_values.append(value)
         v_time += t
     return Row(name, agreement(q_values, v_values), q_time / len(METHODS), v_time / len(METHODS), note)
@@ -564,14 +601,16 @@ def _map_row(
 
 def markdown(rows: list[Row], n_images: int) -> str:
     lines = [
-        f"| metric | agreement ({n_images} images x {' and '.join(METHODS)}) | Quantus s/img | vfmxai s/img | "
-        "Quantus / vfmxai |",
-        "| --- | --- | --- | --- | --- |",
+        f"| metric | agreement ({n_images} images x {' and '.join(METHODS)}) | backbone passes/img, Quantus / vfmxai "
+        "| Quantus s/img | vfmxai s/img | Quantus / vfmxai |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for i, row in enumerate(rows, 1):
-        ratio = row.quantus_s / row.vfmxai_s
+        ratio = row.quantus.seconds / row.vfmxai.seconds
+        passes = f"{row.quantus.passes:.4g} / {row.vfmxai.passes:.4g}" if row.quantus.passes else "— (maps only)"
         lines.append(
-            f"| {row.metric} [{i}] | {row.agreement} | {row.quantus_s:.2e} | {row.vfmxai_s:.2e} | {ratio:.1f}x |"
+            f"| {row.metric} [{i}] | {row.agreement} | {passes} | {row.quantus.seconds:.2e} | "
+            f"{row.vfmxai.seconds:.2e} | {ratio:.2f}x |"
         )
     lines.append("")
     lines += [f"[{i}] {row.note}" for i, row in enumerate(rows, 1)]
@@ -582,14 +621,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--images", type=int, default=16, help="test images (default 16)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each map-only metric, the best one timed")
+    parser.add_argument(
+        "--model-repeat", type=int, default=3, help="runs of each metric that runs the model, the best one timed"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.images < 2 or args.repeat < 1:
-        parser.error("--images must be at least 2 and --repeat at least 1")
+    if args.images < 2 or args.repeat < 1 or args.model_repeat < 1:
+        parser.error("--images must be at least 2, --repeat and --model-repeat at least 1")
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # Quantus warns on every call about its parameterisation
     start = time.process_time()
-    setup = fit_setup(args.images, args.seed)
+    setup = fit_setup(args.images, args.seed, args.model_repeat)
     rows = [
         row_pixel_flipping(setup),
         row_region_perturbation(setup),

@@ -38,7 +38,7 @@ def test_bench_json_has_the_design_shape_and_ratios(tmp_path: Path, capsys: pyte
         assert row["peak_mem_mb"] >= 0
     by_task = {row["task"]: row for row in result["rows"]}
     assert by_task["explain:rise"]["options"] == {"n_masks": 4, "batch_size": 2}
-    assert by_task["insdel"]["options"]["model_passes"] == 2 * (3 + 1) * 2
+    assert by_task["insdel"]["options"]["model_passes"] == 2 * 3 * 2  # 2 * steps per image: ends scored once
     model_rate = by_task["forward:ala"]["images_per_s"]
     assert by_task["insdel"]["ratio_to_model"] == pytest.approx(by_task["insdel"]["images_per_s"] / model_rate)
     assert [row["task"] for row in result["rows"] if "ratio_to_model" in row] == ["insdel"]

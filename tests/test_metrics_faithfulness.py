@@ -61,6 +61,18 @@ def test_morf_lerf_curves_and_aopc_equal_the_closed_form_of_a_linear_classifier(
     assert result.morf_curve[:, -1].abs().max() < 1e-6  # everything black: logit 0
 
 
+def test_morf_and_lerf_share_the_clean_and_the_all_black_image():
+    # both orders start at x and end at black: 2 images x (1 + 1 + 2 x 3 mixed) = 2 x 2 x 4 model inputs
+    images, maps, model, _ = _setup()
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    aopc(model, images, maps, torch.tensor([0, 2]), steps=4, batch_size=3)
+    assert sum(seen) == 2 * 2 * 4
+    seen.clear()
+    aopc(model, images, maps, torch.tensor([0, 2]), steps=4, region_size=2, regions_per_step=1)  # 4 regions
+    assert sum(seen) == 2 * 2 * 4
+
+
 def test_patch_regions_rank_by_their_relevance_sum_and_probability_scores_are_softmaxed():
     images, _, model, weights = _setup()
     # 2 x 2 regions of a 4 x 4 map: sums top-left 4, top-right 10, bottom-left 1, bottom-right 7

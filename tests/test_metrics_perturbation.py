@@ -264,3 +264,42 @@ def test_tie_order_is_fixed_by_the_seed_and_strict_orders_are_unchanged():
     expected = torch.argsort(torch.argsort(strict.flatten(1), dim=1, descending=True), dim=1)
     for seed in (0, 1):
         assert torch.equal(pixel_ranks(strict, seed), expected)
+
+
+class CountingMeanRed:
+    """`mean_red` that records every image it is called on."""
+
+    def __init__(self):
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.clone())
+        return mean_red(images.clamp(0.01, 0.99))
+
+
+def test_clean_image_and_substrate_are_scored_once_and_every_curve_point_is_unchanged():
+    # 2 images x 3 steps: insertion's first / deletion's last point is the substrate, insertion's last /
+    # deletion's first the clean image; each is scored once, the 2 x 2 mixed images once each: 2 * 2 * 3 = 12
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 4, 4, generator=gen)
+    maps = torch.rand(2, 4, 4, generator=gen)
+    model = CountingMeanRed()
+    res = insertion_deletion(model, images, maps, [0, 0], steps=3, substrate="mean", batch_size=5)  # own mean
+    seen = torch.cat(model.seen)
+    assert len(seen) == 2 * 2 * 3
+    assert len(torch.unique(seen.flatten(1), dim=0)) == len(seen)  # no image scored twice
+    model.seen.clear()
+    one_step = insertion_deletion(model, images, maps, [0, 0], steps=1, substrate="mean")
+    assert sum(len(x) for x in model.seen) == 2 * 2  # the clean image and the substrate only
+    torch.testing.assert_close(one_step.insertion_curve, res.insertion_curve[:, [0, -1]])
+    ranks = pixel_ranks(maps)
+    base = images.mean(dim=(2, 3), keepdim=True)
+
+    def probability(image: torch.Tensor) -> float:
+        return mean_red(image[None].clamp(0.01, 0.99)).softmax(1)[0, 0].item()
+
+    for b in range(2):
+        for k, n in enumerate(step_counts(16, 3, images.device).tolist()):
+            top = (ranks[b] < n).view(1, 4, 4)
+            assert res.insertion_curve[b, k].item() == pytest.approx(probability(torch.where(top, images[b], base[b])))
+            assert res.deletion_curve[b, k].item() == pytest.approx(probability(torch.where(top, base[b], images[b])))

@@ -3,13 +3,14 @@
 Everything is measured in one run, on the same random images (B, 3, S, S) and targets:
 - `forward` (the reference): the bare backbone (no LoRA, no head), eval mode, `torch.no_grad`;
 - `forward:ala`: the explained ALA model's prediction (backbone + adapter + perception branch), the same
-  way: the cost of one model pass, which `insdel` makes 2 * (steps + 1) of per image;
+  way: the cost of one model pass, which `insdel` makes 2 * steps of per image;
 - `explain:<method>`: on the ALA model, the explainer built, called (validation, targets given,
   upsampling, normalisation) and closed, as `evaluate` does per batch; images explained per second. A method
   that cannot explain the ALA model (`explainers.inapplicable`: TIS, which removes tokens, and ALA's head reads the
   patch grid) is timed on a linear probe on the same backbone (the row's `explained: linear_probe`);
 - `insdel`: insertion + deletion of the ALA maps with `insdel_steps` steps, perturbed images in chunks of
-  the bench's batch size; its images/s counts model passes, 2 * (steps + 1) per image; besides `ratio`,
+  the bench's batch size; its images/s counts model passes, 2 * steps per image (the clean image and the
+  substrate scored once each); besides `ratio`,
   `ratio_to_model` takes it over `forward:ala`'s (what building perturbed images costs on top of the
   explained model's own passes);
 - `train_step:lora_ala` (LoRA + ALA + perception branch trainable, as training) and
@@ -239,7 +240,7 @@ def run_bench(
         tasks.append(_Task(f"explain:{name}", explain, settings.batch_size, recorded))
     with torch.no_grad():
         maps = model.explain(images)[0]
-    passes = 2 * (settings.insdel_steps + 1) * settings.batch_size
+    passes = 2 * settings.insdel_steps * settings.batch_size
     tasks.append(
         _Task(
             "insdel",
@@ -504,7 +505,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             f" | {row['ratio']:.3f} | {row['peak_mem_mb']:.1f} |"
         )
     lines.append("")
-    lines.append("`insdel` counts model passes (2·(steps+1) per image); ratio = images/s over the forward's.")
+    lines.append("`insdel` counts model passes (2·steps per image); ratio = images/s over the forward's.")
     parts = result["ala_parts"]
     shares = ", ".join(f"{name} {100 * share:.1f} %" for name, share in parts.items())
     lines.append(

@@ -108,7 +108,8 @@ def aopc(
     """MoRF and LeRF curves and AOPC (module docstring) of `maps` (B, h, w) for `images` (B, 3, H, W) in [0, 1].
 
     `substrate`, `substrate_value`, `blur_sigma`, `target_mode` and `classifier` as in
-    `insertion_deletion`. Model calls: B (predicted mode) + 2 * B * (steps + 1).
+    `insertion_deletion`. Model calls: B (predicted mode) + 2 * B * steps when the last step removes every region
+    (the clean image and the substrate scored once per image for both orders), 2 * B * steps + B otherwise.
     """
     name = "aopc"
     images, maps = check_inputs(name, images, maps, steps, batch_size, target_mode)

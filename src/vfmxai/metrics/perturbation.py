@@ -144,7 +144,7 @@ def insertion_deletion(
 
     `classifier`: images -> logits (N, C), an nn.Module (run in eval mode, its mode restored after) or
     any function. `target_mode`: "given" scores `targets` (the ground truth, as the paper), "predicted"
-    the classifier's argmax on the clean image. Model calls: B (predicted mode) + 2 * B * (steps + 1).
+    the classifier's argmax on the clean image. Model calls: B (predicted mode) + 2 * B * steps.
     """
     name = "insertion/deletion"
     images, maps = check_inputs(name, images, maps, steps, batch_size, target_mode)
@@ -216,26 +216,55 @@ def perturbed_scores(
 ) -> Tensor:
     """Target scores (R, B, K) of the images perturbed along R rankings (R, B, H*W) at K pixel counts.
 
-    Job j decodes to ranking r, image b and step k; its image takes the substrate on the pixels of rank
-    < n_k when `removes[r]` (deletion, MoRF / LeRF), x on them otherwise (insertion), the other one on
-    the rest. Only one chunk of `batch_size` perturbed images exists at a time.
+    Job (r, b, k)'s image takes the substrate on the pixels of rank < n_k when `removes[r]` (deletion, MoRF /
+    LeRF), x on them otherwise (insertion), the other one on the rest. A job whose every pixel comes from x
+    (the clean image) or from the substrate is the same image whatever its ranking and step: those two are
+    scored once per image, so insertion + deletion at L steps make 2·L calls per image, not 2·(L + 1), and
+    MoRF + LeRF the same when the last step removes everything. Only one chunk of `batch_size` perturbed
+    images exists at a time.
     """
     n_rank, n_img = ranks.shape[:2]
-    _, channels, height, width = images.shape
-    per_image = counts.numel()
-    total = n_rank * n_img * per_image
-    out = torch.empty(total, device=images.device)
+    _, _, height, width = images.shape
+    whole_x, whole_base = _whole_images(ranks, removes, counts)
+    out = torch.empty(whole_x.shape, device=images.device)
     checked = False
-    for start in range(0, total, batch_size):
-        jobs = torch.arange(start, min(start + batch_size, total), device=images.device)
+    for whole, source in ((whole_x, images), (whole_base, base)):
+        if whole.any():
+            scores = torch.cat(
+                [_scores(name, classifier, chunk, t, score, not checked)
+                 for chunk, t in zip(source.split(batch_size), targets.split(batch_size), strict=True)]
+            )
+            checked = True
+            out[whole] = scores.view(1, n_img, 1).expand_as(out)[whole]
+    mixed = (~(whole_x | whole_base)).flatten().nonzero().squeeze(1)
+    per_image = counts.numel()
+    for start in range(0, len(mixed), batch_size):
+        jobs = mixed[start : start + batch_size]
         ranking, image, step = jobs // (n_img * per_image), (jobs // per_image) % n_img, jobs % per_image
         take_x = (ranks[ranking, image] < counts[step].unsqueeze(1)) ^ removes[ranking].unsqueeze(1)
         batch = torch.where(take_x.view(-1, 1, height, width), images[image], base[image])
-        logits = classifier(batch)
-        check_logits(name, logits, len(jobs), targets, check_targets=not checked)
+        out.view(-1)[jobs] = _scores(name, classifier, batch, targets[image], score, not checked)
         checked = True
-        out[start : start + len(jobs)] = target_scores(logits, targets[image], score)
-    return out.view(n_rank, n_img, per_image)
+    return out
+
+
+def _whole_images(ranks: Tensor, removes: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Masks (R, B, K) of the jobs whose image is x alone and of those whose image is the substrate alone: no
+    pixel below the count (n_k = 0) or every pixel below it (n_k above the ranking's largest rank)."""
+    none = (counts == 0).view(1, 1, -1)
+    every = counts.view(1, 1, -1) > ranks.amax(dim=2, keepdim=True)
+    removed = removes.view(-1, 1, 1)
+    whole_x = (none & removed) | (every & ~removed)
+    whole_base = (none & ~removed) | (every & removed)
+    return whole_x, whole_base
+
+
+def _scores(
+    name: str, classifier: Callable[[Tensor], Tensor], batch: Tensor, targets: Tensor, score: str, check: bool
+) -> Tensor:
+    logits = classifier(batch)
+    check_logits(name, logits, len(batch), targets, check_targets=check)
+    return target_scores(logits, targets, score)
 
 
 def check_inputs(
