@@ -49,6 +49,7 @@ from vfmxai.metrics import (
 )
 from vfmxai.run_folder import Recipe, check_classes, dataset_split, load_run
 from vfmxai.viz import grid_size
+from vfmxai.viz.grid import FOOTER
 
 STEPS = 4
 SIX_FILES = ("metrics.json", "timing.json", "metrics.csv", "table.md", "curves.png", "grid.png")
@@ -155,7 +156,7 @@ def test_evaluate_writes_design_outputs_with_the_right_numbers(run, registry, tm
     assert "Missing: rise" in table
     assert len((tmp_path / "per_image.csv").read_text().splitlines()) == 1 + 2 * 8
     with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size[::-1] == grid_size(rows=4, columns=3)
+        assert grid.size[::-1] == grid_size(rows=4, columns=3, footer=FOOTER)  # with its model-and-data caption
     per_image = load_per_image(tmp_path)
     assert per_image.ids == [s["id"] for s in samples]
     np.testing.assert_allclose(per_image.methods["brightness"]["insertion_curve"], insdel.insertion_curve, atol=1e-5)
@@ -394,7 +395,7 @@ def test_reproduce_trains_each_seed_and_variant_once_and_aggregates(
     full = result["ablations"]["methods"]["full"]
     assert full["miou"] == saved["methods"]["ala"]["miou"]
     with Image.open(tmp_path / "aea_maps.png") as figure:
-        assert figure.size[::-1] == grid_size(rows=4, columns=3)
+        assert figure.size[::-1] == grid_size(rows=4, columns=3, footer=FOOTER)
 
     calls.clear()
     CountingALA.calls = Brightness.calls = 0

@@ -11,10 +11,11 @@ from matplotlib import colormaps
 from PIL import Image
 
 from vfmxai.errors import VfmxaiError
+from vfmxai.evaluation.report import source_line
 from vfmxai.viz import grid_size, method_grid, save_grid, save_insdel_curves
+from vfmxai.viz.grid import FOOTER
 
 COLOUR = torch.tensor([0.2, 0.4, 0.6])
-
 
 
 def test_grid_size_and_tiles(tmp_path: Path) -> None:
@@ -36,6 +37,29 @@ def test_grid_size_and_tiles(tmp_path: Path) -> None:
     save_grid(images, [("zeros", zeros)], tmp_path / "g.png", tile=40, pad=4, header=16)
     with Image.open(tmp_path / "g.png") as saved:
         assert saved.size == (2 * 40 + 3 * 4, 152)
+
+
+def test_a_caption_adds_a_footer_band_with_its_text_and_nothing_else_moves() -> None:
+    images = COLOUR.view(1, 3, 1, 1).expand(2, 3, 16, 16).clone()
+    columns = [("ones", torch.ones(2, 8, 8))]
+    plain = method_grid(images, columns, tile=40, pad=4, header=16)
+    captioned = method_grid(images, columns, tile=40, pad=4, header=16, caption="dinov2-small + ala, assets/pets test")
+    assert grid_size(2, 2, tile=40, pad=4, header=16, footer=FOOTER) == captioned.shape[:2]
+    assert captioned.shape[0] == plain.shape[0] + FOOTER
+    np.testing.assert_array_equal(captioned[: plain.shape[0]], plain)
+    footer = captioned[plain.shape[0] :]
+    assert (footer < 200).any() and (footer[:, -4:] == 255).all()  # text drawn, cut before the right border
+
+
+def test_source_line_names_the_backbone_the_classifier_and_the_data() -> None:
+    metrics = {
+        "config": {"run": {"backbone": {"name": "/x/assets/dinov2-small"}, "classifier": "linear_probe",
+                           "data": {"root": "/x/assets/pets"}}},
+        "dataset": "folder", "split": "test", "n_images": 34,
+    }
+    assert source_line(metrics) == "dinov2-small + linear_probe, assets/pets test: 34 images"
+    metrics["config"]["run"]["data"]["root"] = None
+    assert source_line(metrics) == "dinov2-small + linear_probe, folder test: 34 images"
 
 
 def test_grid_rejects_maps_of_other_rows() -> None:

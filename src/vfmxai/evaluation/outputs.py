@@ -19,7 +19,14 @@ from torch.utils.data import Dataset
 
 from vfmxai import explainers
 from vfmxai.evaluation.html_report import write_evaluation_report
-from vfmxai.evaluation.report import per_image_scores, render_csv, render_markdown, rounded, summarise
+from vfmxai.evaluation.report import (
+    per_image_scores,
+    render_csv,
+    render_markdown,
+    rounded,
+    source_line,
+    summarise,
+)
 from vfmxai.evaluation.settings import jsonable
 from vfmxai.evaluation.store import PerImage
 from vfmxai.explainers import display_name
@@ -88,7 +95,7 @@ def write_outputs(
     atomic_write_text(out / "per_image.csv", per_image_csv(results, names))
     drawn = ("curves.png", "grid.png") if _with_curves(results, names) else ("grid.png",)
     if names and (figures or not all((out / name).is_file() for name in drawn)):
-        _draw_figures(out, results, dataset, names)
+        _draw_figures(out, results, dataset, names, source_line(metrics))
     write_evaluation_report(out, metrics, results, names, getattr(dataset, "class_names", None))
 
 
@@ -97,17 +104,19 @@ def _with_curves(results: PerImage, names: Sequence[str]) -> bool:
     return all("insertion_curve" in results.methods[m] for m in names)
 
 
-def _draw_figures(out: Path, results: PerImage, dataset: Dataset, names: Sequence[str]) -> None:
+def _draw_figures(out: Path, results: PerImage, dataset: Dataset, names: Sequence[str], source: str) -> None:
+    """curves.png and grid.png, each saying what it was made from (`source`)."""
     if _with_curves(results, names):
         curves = {
             m: (results.methods[m]["insertion_curve"].mean(axis=0), results.methods[m]["deletion_curve"].mean(axis=0))
             for m in names
         }
-        save_insdel_curves(curves, out / "curves.png", labels={m: display_name(m) for m in names})
+        save_insdel_curves(curves, out / "curves.png", labels={m: display_name(m) for m in names}, source=source)
     n_grid = min((len(v) for v in results.grid_maps.values()), default=0)
     if n_grid:
         images = torch.stack([dataset[i]["image"] for i in range(n_grid)])
-        save_grid(images, [(display_name(m), results.grid_maps[m][:n_grid]) for m in names], out / "grid.png")
+        columns = [(display_name(m), results.grid_maps[m][:n_grid]) for m in names]
+        save_grid(images, columns, out / "grid.png", caption=source)
 
 
 PER_IMAGE_RENAMED = {"id": "id_score"}

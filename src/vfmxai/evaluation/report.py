@@ -15,6 +15,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,18 @@ HEADERS = {
 }
 DIGITS = 6
 """metrics.json rounds every score to 6 decimals: the same text on every run, whatever the summation order."""
+
+
+def source_line(metrics: Mapping[str, Any]) -> str:
+    """What a result was made from, for its figures: backbone folder + classifier, data folder (its last two
+    parts; else the dataset) and split, images: e.g. 'dinov2-small + ala, assets/pets test: 34 images'."""
+    run = (metrics.get("config") or {}).get("run") or {}
+    backbone = Path(str(run.get("backbone", {}).get("name", ""))).name or "model"
+    where = "/".join(Path(str(run.get("data", {}).get("root") or "")).parts[-2:]) or metrics.get("dataset", "")
+    return (
+        f"{backbone} + {run.get('classifier', 'model')}, {where} {metrics.get('split', '')}: "
+        f"{metrics.get('n_images', '?')} images"
+    )
 
 
 def rounded(value: float) -> float:

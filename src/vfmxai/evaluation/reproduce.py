@@ -41,6 +41,7 @@ from vfmxai.evaluation.report import (
     TABLE_COLUMNS,
     per_image_scores,
     render_table,
+    source_line,
     table_columns,
 )
 from vfmxai.evaluation.runner import chosen_methods
@@ -296,4 +297,5 @@ def _aea_figure(full_dir: Path, no_aea_dir: Path, path: Path, seed_folder: Path)
     test = dataset_split(config, "test")
     n = min(len(with_aea), len(without))
     images = torch.stack([test[i]["image"] for i in range(n)])
-    save_grid(images, [("with AEA", with_aea[:n]), ("without AEA", without[:n])], path)
+    caption = source_line(json.loads((full_dir / "metrics.json").read_text()))
+    save_grid(images, [("with AEA", with_aea[:n]), ("without AEA", without[:n])], path, caption=caption)

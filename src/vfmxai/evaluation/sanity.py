@@ -39,7 +39,7 @@ from vfmxai.classifier import Classifier
 from vfmxai.data import collate
 from vfmxai.errors import VfmxaiError
 from vfmxai.evaluation.randomisation import cascade, randomisation_steps
-from vfmxai.evaluation.report import rounded
+from vfmxai.evaluation.report import rounded, source_line
 from vfmxai.evaluation.runner import chosen_methods, resolve_methods
 from vfmxai.evaluation.settings import checked_method_options, jsonable
 from vfmxai.io import atomic_write_json, atomic_write_text, check_out_folder
@@ -288,15 +288,7 @@ def _write(out: Path, result: Mapping[str, Any], step_names: list[str]) -> None:
 
 def _source_line(result: Mapping[str, Any]) -> str:
     """What the figure was made from: backbone, classifier, data root and split, images and draws."""
-    run = result["config"].get("run") or {}
-    backbone = Path(str(run.get("backbone", {}).get("name", ""))).name or "model"
-    data = run.get("data", {})
-    where = Path(str(data.get("root") or "")).name or result.get("dataset", "")
-    settings = result["config"]["sanity"]
-    return (
-        f"{backbone} + {run.get('classifier', 'model')}, {where} {result.get('split', '')}: "
-        f"{result.get('n_images', '?')} images, {settings['draws']} draw(s)"
-    )
+    return f"{source_line(result)}, {result['config']['sanity']['draws']} draw(s)"
 
 
 def _verdict(fails: bool | None) -> str:

@@ -21,11 +21,12 @@ DPI = 100
 
 
 def insdel_figure(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], labels: Mapping[str, str] | None = None
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], labels: Mapping[str, str] | None = None, source: str = ""
 ) -> Figure:
     """Two panels (insertion, deletion): per method its curve (K + 1,) against the fraction of pixels k / K.
 
-    `curves`: {method: (insertion curve, deletion curve)}; the legend gives each curve's area (trapezoid).
+    `curves`: {method: (insertion curve, deletion curve)}; the legend gives each curve's area (trapezoid);
+    `source`: the model and data, as the figure's title.
     """
     if not curves:
         raise VfmxaiError("curves: no method to draw")
@@ -47,13 +48,18 @@ def insdel_figure(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("probability of the target class")
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.91, wspace=0.06)
+    if source:
+        figure.suptitle(source, fontsize=9)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.86 if source else 0.91, wspace=0.06)
     return figure
 
 
 def save_insdel_curves(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, labels: Mapping[str, str] | None = None
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    labels: Mapping[str, str] | None = None,
+    source: str = "",
 ) -> None:
     """PNG of `insdel_figure`, FIGSIZE * DPI pixels (1000 x 400)."""
-    figure = insdel_figure(curves, labels)
+    figure = insdel_figure(curves, labels, source)
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))

@@ -3,8 +3,9 @@ column, then one column per method with that method's map overlaid on the image.
 
 Layout in pixels, with R rows and C = 1 + number of methods columns of square `tile` tiles:
     width  = C * tile + (C + 1) * pad
-    height = header + R * tile + (R + 1) * pad
-The header band on top holds the column titles (Pillow's default font, cut to fit the tile).
+    height = header + R * tile + (R + 1) * pad + footer
+The header band on top holds the column titles (Pillow's default font, cut to fit the tile); the footer band
+(FOOTER px, only with a `caption`) says what the grid was made from: the model and the data.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ from torch import Tensor
 from vfmxai.errors import VfmxaiError
 from vfmxai.viz.overlay import overlay, save_png
 
+FOOTER = 14
+"""Height in pixels of the caption band."""
 
-def grid_size(rows: int, columns: int, tile: int = 128, pad: int = 4, header: int = 18) -> tuple[int, int]:
+
+def grid_size(
+    rows: int, columns: int, tile: int = 128, pad: int = 4, header: int = 18, footer: int = 0
+) -> tuple[int, int]:
     """(height, width) in pixels of a grid of `rows` x `columns` tiles (the first column included)."""
-    return header + rows * tile + (rows + 1) * pad, columns * tile + (columns + 1) * pad
+    return header + rows * tile + (rows + 1) * pad + footer, columns * tile + (columns + 1) * pad
 
 
 def method_grid(
@@ -34,8 +40,10 @@ def method_grid(
     pad: int = 4,
     header: int = 18,
     image_title: str = "image",
+    caption: str = "",
 ) -> np.ndarray:
-    """uint8 RGB (H, W, 3): `images` (R, 3, h, w) in [0, 1], then one column per (title, maps (R, h', w'))."""
+    """uint8 RGB (H, W, 3): `images` (R, 3, h, w) in [0, 1], then one column per (title, maps (R, h', w')),
+    `caption` (cut to the width) in a footer band under them."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise VfmxaiError(f"grid: images must be a non-empty (R, 3, H, W) tensor, got {_shape(images)}")
     rows = images.shape[0]
@@ -46,7 +54,7 @@ def method_grid(
         raise VfmxaiError(f"grid: tile must be positive and pad, header non-negative, got {tile}, {pad}, {header}")
     tiles = F.interpolate(images.detach().float().cpu(), size=(tile, tile), mode="bilinear", antialias=True)
     tiles = tiles.clamp(0, 1)
-    height, width = grid_size(rows, 1 + len(columns), tile, pad, header)
+    height, width = grid_size(rows, 1 + len(columns), tile, pad, header, FOOTER if caption else 0)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     cells = [(image_title, None)] + [(title, maps) for title, maps in columns]
     for c, (_, maps) in enumerate(cells):
@@ -60,11 +68,15 @@ def method_grid(
             canvas[y : y + tile, x : x + tile] = picture
     if header > 0:
         _titles(canvas, [title for title, _ in cells], tile, pad, header)
+    if caption:
+        _caption(canvas, caption, pad)
     return canvas
 
 
-def save_grid(images: Tensor, columns: Sequence[tuple[str, Tensor]], path: str | Path, **layout: int) -> None:
-    save_png(method_grid(images, columns, **layout), path)
+def save_grid(
+    images: Tensor, columns: Sequence[tuple[str, Tensor]], path: str | Path, caption: str = "", **layout: int
+) -> None:
+    save_png(method_grid(images, columns, caption=caption, **layout), path)
 
 
 def _titles(canvas: np.ndarray, titles: list[str], tile: int, pad: int, header: int) -> None:
@@ -82,3 +94,14 @@ def _titles(canvas: np.ndarray, titles: list[str], tile: int, pad: int, header: 
 
 def _shape(x: object) -> object:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _caption(canvas: np.ndarray, caption: str, pad: int) -> None:
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    text = caption
+    while text and draw.textlength(text, font=font) > canvas.shape[1] - 2 * pad:
+        text = text[:-1]
+    draw.text((pad, canvas.shape[0] - FOOTER), text, fill=(80, 80, 80), font=font)
+    canvas[...] = np.asarray(picture)
