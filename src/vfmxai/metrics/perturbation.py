@@ -223,7 +223,7 @@ def perturbed_scores(
     MoRF + LeRF the same when the last step removes everything. Only one chunk of `batch_size` perturbed
     images exists at a time.
     """
-    n_rank, n_img = ranks.shape[:2]
+    n_img = ranks.shape[1]
     _, _, height, width = images.shape
     whole_x, whole_base = _whole_images(ranks, removes, counts)
     out = torch.empty(whole_x.shape, device=images.device)
